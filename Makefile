@@ -1,0 +1,36 @@
+# Two commands set everything up: `make demo` runs the main job on the embedded demo
+# data, `make test` runs the test suite. Each creates the virtual environment it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: venv venv-test demo test summary clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test,torch]'
+	$(PIP) install -q --no-deps geffnet==1.0.2
+	touch $@
+
+venv: $(VENV)/.installed
+venv-test: $(VENV)/.installed-test
+
+demo: venv
+	$(PY) -m efficientnet_jax.main --config=configs/demo.py --workdir=runs/demo
+
+test: venv-test
+	$(PY) -m pytest -q
+
+summary: venv
+	$(PY) -m efficientnet_jax.models.summary
+
+clean:
+	rm -rf $(VENV) runs
