@@ -1,0 +1,111 @@
+"""Blocks of EfficientNet: stem, squeeze-excite, MBConv, head."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from efficientnet_jax.models import layers
+from efficientnet_jax.models.specs import BlockSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerOptions:
+  """Options every block shares (resolved from create_model's arguments)."""
+
+  padding: str
+  depthwise: str
+  dtype: jnp.dtype
+  bn_momentum: float
+  bn_epsilon: float
+  freeze_bn: bool
+  activation: str
+
+  def bn(self, channels: int) -> layers.BatchNorm:
+    return layers.BatchNorm(channels, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                            dtype=self.dtype, frozen=self.freeze_bn)
+
+  def act(self, x: jax.Array) -> jax.Array:
+    return layers.ACTIVATIONS[self.activation](x)
+
+
+class ConvBnAct(nnx.Module):
+  """k x k conv, BatchNorm, activation: the stem (3x3/2)."""
+
+  def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, opts: LayerOptions,
+               *, rngs: nnx.Rngs):
+    self.conv = layers.Conv(in_ch, out_ch, kernel, stride, padding=opts.padding, dtype=opts.dtype,
+                            rngs=rngs)
+    self.bn = opts.bn(out_ch)
+    self.opts = opts
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.opts.act(self.bn(self.conv(x)))
+
+
+class PointwiseBnAct(nnx.Module):
+  """1x1 conv, BatchNorm, activation: the head (-> 1280 * width)."""
+
+  def __init__(self, in_ch: int, out_ch: int, opts: LayerOptions, *, rngs: nnx.Rngs):
+    self.conv = layers.PointwiseConv(in_ch, out_ch, dtype=opts.dtype, rngs=rngs)
+    self.bn = opts.bn(out_ch)
+    self.opts = opts
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.opts.act(self.bn(self.conv(x)))
+
+
+class SqueezeExcite(nnx.Module):
+  """Global pool -> 1x1 reduce (+bias) -> swish -> 1x1 expand (+bias) -> sigmoid gate."""
+
+  def __init__(self, channels: int, squeezed: int, opts: LayerOptions, *, rngs: nnx.Rngs):
+    self.reduce = layers.PointwiseConv(channels, squeezed, use_bias=True, dtype=opts.dtype, rngs=rngs)
+    self.expand = layers.PointwiseConv(squeezed, channels, use_bias=True, dtype=opts.dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    s = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(x.dtype)
+    s = self.expand(jax.nn.silu(self.reduce(s)))
+    return x * jax.nn.sigmoid(s)
+
+
+class MBConv(nnx.Module):
+  """Mobile inverted bottleneck: [expand 1x1] -> depthwise kxk -> [SE] -> project 1x1 [+ skip].
+
+  With expand ratio 1 (the first stage) there is no expansion conv. The identity skip,
+  and with it drop-connect, exists only when stride is 1 and channels are unchanged.
+  """
+
+  def __init__(self, spec: BlockSpec, opts: LayerOptions, *, rngs: nnx.Rngs):
+    mid = spec.mid_channels
+    if spec.expand_ratio != 1:
+      self.expand_conv = layers.PointwiseConv(spec.in_channels, mid, dtype=opts.dtype, rngs=rngs)
+      self.expand_bn = opts.bn(mid)
+    else:
+      self.expand_conv = self.expand_bn = None
+    self.dw_conv = layers.DepthwiseConv(mid, spec.kernel, spec.stride, padding=opts.padding,
+                                        impl=opts.depthwise, dtype=opts.dtype, rngs=rngs)
+    self.dw_bn = opts.bn(mid)
+    self.se = SqueezeExcite(mid, spec.se_channels, opts, rngs=rngs) if spec.se_channels else None
+    self.project_conv = layers.PointwiseConv(mid, spec.out_channels, dtype=opts.dtype, rngs=rngs)
+    self.project_bn = opts.bn(spec.out_channels)
+    use_drop = spec.has_skip and spec.drop_connect > 0
+    self.drop_path = layers.DropPath(spec.drop_connect, rngs=rngs) if use_drop else None
+    self.has_skip = spec.has_skip
+    self.opts = opts
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = x
+    if self.expand_conv is not None:
+      y = self.opts.act(self.expand_bn(self.expand_conv(y)))
+    y = self.opts.act(self.dw_bn(self.dw_conv(y)))
+    if self.se is not None:
+      y = self.se(y)
+    y = self.project_bn(self.project_conv(y))
+    if self.has_skip:
+      if self.drop_path is not None:
+        y = self.drop_path(y)
+      y = y + x
+    return y
