@@ -29,7 +29,50 @@ def _model() -> ml_collections.ConfigDict:
 
 def _data() -> ml_collections.ConfigDict:
   d = ml_collections.ConfigDict()
-  # Filled in by the data pipeline (issue 4).
+  # Where the data is.
+  d.dir = "data/stanford_cars"  # Your copy, any layout (see efficientnet_jax/data/layouts.py).
+  d.tfds_dir = "data/tfds"  # Prepared ArrayRecord data (written once, when missing).
+  d.bad_images = "error"  # Unreadable image at preparation: "error" (list them) or "skip".
+  d.prepare_threads = 0  # Threads decoding images at preparation (0 = all cores).
+  # Splits.
+  d.val_split = "train"  # "train": hold val_fraction out of train; "test": as the original study.
+  d.val_fraction = 0.1  # Share of each class held out of train as validation.
+  d.split_seed = 0  # Seed of the held-out selection (independent of the training seed).
+  # Input geometry.
+  d.image_size = 224  # Output side in pixels (square).
+  d.channels = 3  # 3 = RGB, 1 = grayscale (set model.in_channels to match).
+  d.crop_to_bbox = False  # Crop to the annotated car bounding box first (train and eval).
+  d.bbox_margin = 0.05  # Context kept around the box, as a fraction of its width/height.
+  d.interpolation = "bilinear"  # Resampling: "nearest", "bilinear" or "bicubic".
+  d.jpeg_draft = True  # Let libjpeg decode at reduced size (1/2, 1/4, 1/8) when downscaling.
+  # Training augmentation (set a strength to 0 to disable it).
+  d.train_crop = "resize"  # "resize" (whole image, as the original) or "random_resized_crop".
+  d.rrc_scale = (0.25, 1.0)  # random_resized_crop: area fraction range.
+  d.rrc_ratio = (3 / 4, 4 / 3)  # random_resized_crop: aspect ratio range.
+  d.hflip = 0.5  # Probability of a horizontal flip.
+  d.rotate = 25.0  # Random rotation within +-degrees (one warp with translate/scale/shear).
+  d.translate = 0.1  # Random shift within +-fraction of the output size.
+  d.scale = (0.9, 1.1)  # Random zoom range.
+  d.shear = 8.0  # Random x-shear within +-degrees.
+  d.fill = 0  # Pixel value outside the warped image.
+  d.brightness = 0.2  # Color jitter: factor in [1 - b, 1 + b].
+  d.contrast = 0.2  # Color jitter: factor in [1 - c, 1 + c].
+  d.saturation = 0.2  # Color jitter: factor in [1 - s, 1 + s] (RGB only).
+  d.hue = 0.02  # Color jitter: shift within +-hue of a full turn (RGB only).
+  # Evaluation geometry.
+  d.eval_resize = "square"  # "square" (whole image; the original) or "shorter_side" (keep aspect).
+  d.crop_pct = 1.0  # Central fraction kept at eval (timm-style weights use 0.875).
+  # Normalization, applied on device: (x / 255 - mean) / std. Defaults: the original
+  # study's Stanford Cars statistics; pretrained weights may set their own.
+  d.mean = (0.470, 0.460, 0.455)
+  d.std = (0.267, 0.266, 0.270)
+  d.gray_mean = (0.462,)  # Used when channels == 1.
+  d.gray_std = (0.270,)
+  # Throughput.
+  d.workers = -1  # Grain worker processes (0 = in-process; -1 = one per core, up to 16).
+  d.worker_buffer_size = 2  # Batches each worker prepares ahead.
+  d.read_threads = 4  # Threads per process reading and transforming records.
+  d.prefetch_buffer_size = 64  # Records each process's threads prefetch.
   return d
 
 

@@ -1,0 +1,78 @@
+"""Random access to a prepared split (TFDS ArrayRecord) without TensorFlow."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+_LABEL_CHUNK = 256
+
+
+class PreparedSource:
+  """One split of a prepared dataset as a Grain-compatible random-access source.
+
+  Records are {'image': JPEG bytes, 'label': int, 'bbox': float32 [ymin, xmin, ymax, xmax],
+  'file_name': str}. Picklable (the TFDS reader is reopened lazily in each worker process)
+  with a stable repr, as Grain's spawned workers need.
+  """
+
+  def __init__(self, dataset_dir: str, split: str):
+    self.dataset_dir = dataset_dir
+    self.split = split
+    self._reader = None
+    self._length = len(self._tfds_reader())
+
+  def _tfds_reader(self):
+    if self._reader is None:
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+      builder = tfds.builder_from_directory(self.dataset_dir)
+      self._reader = builder.as_data_source(
+          self.split, decoders={"image": tfds.decode.SkipDecoding()})
+    return self._reader
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return _record(self._tfds_reader()[index])
+
+  def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+    return [_record(r) for r in self._tfds_reader().__getitems__(indices)]
+
+  def __repr__(self) -> str:
+    return f"PreparedSource(dataset_dir={self.dataset_dir!r}, split={self.split!r})"
+
+  def __getstate__(self) -> dict[str, Any]:
+    return {**self.__dict__, "_reader": None}
+
+
+def _record(raw: dict[str, Any]) -> dict[str, Any]:
+  name = raw.get("file_name", raw.get("id", b""))  # cars196 names it `id`.
+  return {
+      "image": raw["image"],
+      "label": int(raw["label"]),
+      "bbox": np.asarray(raw["bbox"], np.float32),
+      "file_name": name.decode() if isinstance(name, bytes) else str(name),
+  }
+
+
+@functools.lru_cache(maxsize=8)
+def split_labels(dataset_dir: str, split: str) -> np.ndarray:
+  """All labels of a split, in record order (reads the split once; cached)."""
+  reader = PreparedSource(dataset_dir, split)._tfds_reader()
+  labels = []
+  for start in range(0, len(reader), _LABEL_CHUNK):
+    chunk = list(range(start, min(start + _LABEL_CHUNK, len(reader))))
+    labels += [int(r["label"]) for r in reader.__getitems__(chunk)]
+  return np.asarray(labels, np.int32)
+
+
+@functools.lru_cache(maxsize=8)
+def class_names(dataset_dir: str) -> tuple[str, ...]:
+  """Class names in label order, from the prepared dataset's metadata."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  return tuple(tfds.builder_from_directory(dataset_dir).info.features["label"].names)

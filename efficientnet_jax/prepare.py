@@ -1,0 +1,32 @@
+r"""Prepare a local Stanford Cars copy (any layout) as TFDS ArrayRecord, once.
+
+  python -m efficientnet_jax.prepare --source=~/data/stanford_cars --data_dir=data/tfds
+
+Training prepares automatically when config.data.tfds_dir holds no prepared data; this
+command does the same ahead of time (e.g. once, on a shared file system).
+"""
+
+from absl import app, flags, logging
+
+from efficientnet_jax.data import prepare, source
+
+_SOURCE = flags.DEFINE_string("source", None, "Folder holding your Stanford Cars copy.",
+                              required=True)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir to write into.", required=True)
+_BAD_IMAGES = flags.DEFINE_enum("bad_images", "error", ["error", "skip"],
+                                "Unreadable images: fail listing them, or leave them out.")
+_THREADS = flags.DEFINE_integer("threads", 0, "Threads decoding images (0 = all cores).")
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  dataset_dir = prepare.prepare(_SOURCE.value, _DATA_DIR.value, bad_images=_BAD_IMAGES.value,
+                                threads=_THREADS.value)
+  sizes = {s: len(source.split_labels(dataset_dir, s)) for s in ("train", "test")}
+  logging.info("Prepared %s: %s examples, %d classes.", dataset_dir, sizes,
+               len(source.class_names(dataset_dir)))
+  print(dataset_dir)
+
+
+if __name__ == "__main__":
+  app.run(main)
