@@ -43,7 +43,8 @@ def _data() -> ml_collections.ConfigDict:
   d.channels = 3  # 3 = RGB, 1 = grayscale (set model.in_channels to match).
   d.crop_to_bbox = False  # Crop to the annotated car bounding box first (train and eval).
   d.bbox_margin = 0.05  # Context kept around the box, as a fraction of its width/height.
-  d.interpolation = "bilinear"  # Resampling: "nearest", "bilinear" or "bicubic".
+  d.interpolation = "bilinear"  # Eval resize: "nearest", "bilinear" or "bicubic".
+  d.train_warp = "supersample"  # Train warp: "supersample" (2x2 antialiased) or as above.
   d.jpeg_draft = True  # Let libjpeg decode at reduced size (1/2, 1/4, 1/8) when downscaling.
   # Training augmentation (set a strength to 0 to disable it).
   d.train_crop = "resize"  # "resize" (whole image, as the original) or "random_resized_crop".
@@ -76,9 +77,73 @@ def _data() -> ml_collections.ConfigDict:
   return d
 
 
+def _optim() -> ml_collections.ConfigDict:
+  o = ml_collections.ConfigDict()
+  o.lr = 1e-3  # Peak (base) learning rate of AdamW.
+  o.weight_decay = 0.01  # Decoupled (AdamW) weight decay; 0.1-0.3 suits training from scratch.
+  o.wd_exclude_bn_and_bias = True  # No weight decay on BatchNorm scale/shift and biases.
+  o.b1 = 0.9
+  o.b2 = 0.999
+  o.eps = 1e-8
+  o.label_smoothing = 0.1
+  o.grad_clip_norm = 0.0  # Clip gradients to this global norm; 0 = no clipping.
+  o.schedule = "constant"  # "constant" or "warmup_cosine" (per step; both scaled by plateau).
+  o.warmup_epochs = 0.0  # warmup_cosine: linear warmup length in epochs.
+  o.cosine_end_lr = 0.0  # warmup_cosine: learning rate at the last step.
+  o.freeze_backbone = False  # Train only the classifier (BN statistics: model.freeze_bn).
+  o.ema_decay = 0.0  # EMA of weights and BN stats, evaluated alongside; 0 = off (e.g. 0.999).
+
+  # Reduce-on-plateau on validation loss (PyTorch ReduceLROnPlateau, mode min, rel threshold).
+  o.plateau = ml_collections.ConfigDict()
+  o.plateau.enabled = True
+  o.plateau.factor = 0.1  # lr *= factor on a plateau.
+  o.plateau.patience = 3  # Evaluations without improvement tolerated before reducing.
+  o.plateau.threshold = 1e-3  # Improvement: val loss < best * (1 - threshold).
+  o.plateau.cooldown = 0  # Evaluations ignored after a reduction.
+  o.plateau.min_lr = 0.0  # Never reduce below this learning rate.
+
+  # Early stopping on validation loss (Lightning EarlyStopping, mode min).
+  o.early_stopping = ml_collections.ConfigDict()
+  o.early_stopping.enabled = True
+  o.early_stopping.patience = 10  # Stop after this many evaluations without improvement.
+  o.early_stopping.min_delta = 1e-3  # Improvement: val loss < best - min_delta.
+  return o
+
+
+def _train() -> ml_collections.ConfigDict:
+  t = ml_collections.ConfigDict()
+  t.num_epochs = 150  # Upper bound; early stopping usually ends the run before.
+  t.batch_size = 32  # Global batch (all devices, all hosts); a multiple of the device count.
+  t.eval_every_epochs = 1  # Validate (plateau, early stop, best checkpoint) every N epochs.
+  t.log_every_steps = 50  # Console line and TensorBoard train scalars every N steps.
+  t.num_sample_images = 16  # Augmented training images written to TensorBoard at the start.
+  t.stop_at_step = -1  # Act as if preempted at this global step (save, exit); -1 = never.
+  return t
+
+
+def _checkpoint() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.every_steps = 1000  # "latest" checkpoint every N steps, and at every epoch end.
+  c.keep_latest = 2  # "latest" checkpoints kept (resume after interruption).
+  c.keep_best = 1  # "best" checkpoints kept, by validation top-1.
+  c.async_save = True  # Write in the background; the loop waits only before exiting.
+  return c
+
+
+def _eval() -> ml_collections.ConfigDict:
+  e = ml_collections.ConfigDict()
+  e.batch_size = 64  # Global eval batch; the last batch is padded and masked.
+  e.test_at_end = True  # Evaluate the best checkpoint on the test split; write results.json.
+  return e
+
+
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.seed = 0
+  config.seed = 0  # Model initialization, dropout/drop-path, data order and augmentation.
   config.model = _model()
   config.data = _data()
+  config.optim = _optim()
+  config.train = _train()
+  config.checkpoint = _checkpoint()
+  config.eval = _eval()
   return config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import zlib
 from typing import Any
 
 import numpy as np
@@ -11,18 +12,19 @@ _LABEL_CHUNK = 256
 
 
 class PreparedSource:
-  """One split of a prepared dataset as a Grain-compatible random-access source.
+  """Records of one prepared split (optionally a subset) as a Grain random-access source.
 
   Records are {'image': JPEG bytes, 'label': int, 'bbox': float32 [ymin, xmin, ymax, xmax],
   'file_name': str}. Picklable (the TFDS reader is reopened lazily in each worker process)
   with a stable repr, as Grain's spawned workers need.
   """
 
-  def __init__(self, dataset_dir: str, split: str):
+  def __init__(self, dataset_dir: str, split: str, indices: np.ndarray | None = None):
     self.dataset_dir = dataset_dir
     self.split = split
     self._reader = None
-    self._length = len(self._tfds_reader())
+    self.indices = (np.arange(len(self._tfds_reader()), dtype=np.int64) if indices is None
+                    else np.asarray(indices, np.int64))
 
   def _tfds_reader(self):
     if self._reader is None:
@@ -34,16 +36,19 @@ class PreparedSource:
     return self._reader
 
   def __len__(self) -> int:
-    return self._length
+    return len(self.indices)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    return _record(self._tfds_reader()[index])
+    return _record(self._tfds_reader()[int(self.indices[index])])
 
   def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-    return [_record(r) for r in self._tfds_reader().__getitems__(indices)]
+    records = self._tfds_reader().__getitems__([int(self.indices[i]) for i in indices])
+    return [_record(r) for r in records]
 
   def __repr__(self) -> str:
-    return f"PreparedSource(dataset_dir={self.dataset_dir!r}, split={self.split!r})"
+    digest = zlib.crc32(self.indices.tobytes())
+    return (f"PreparedSource(dataset_dir={self.dataset_dir!r}, split={self.split!r}, "
+            f"records={len(self)}, indices_crc32={digest:08x})")
 
   def __getstate__(self) -> dict[str, Any]:
     return {**self.__dict__, "_reader": None}

@@ -1,0 +1,140 @@
+"""Grain pipelines on a prepared synthetic copy: sharding, epochs, exact-once eval, resume."""
+
+import collections
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+from efficientnet_jax.data import pipeline, synthetic
+
+_DEFAULT = pathlib.Path(__file__).parents[1] / "configs" / "default.py"
+_spec = importlib.util.spec_from_file_location("configs_default_for_data_tests", _DEFAULT)
+default = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(default)
+
+NO_AUGMENTATION = {"hflip": 0.0, "rotate": 0.0, "translate": 0.0, "scale": (1.0, 1.0),
+                   "shear": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0,
+                   "hue": 0.0}
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+  root = tmp_path_factory.mktemp("cars")
+  synthetic.make_synthetic_cars(str(root / "raw"), layout="official", num_classes=3,
+                                per_class_train=10, per_class_test=5, size=(24, 20))
+  c = default.get_config().data
+  c.dir, c.tfds_dir = str(root / "raw"), str(root / "tfds")
+  c.image_size, c.workers, c.read_threads = 8, 0, 2
+  pipeline.num_examples(c, "train")  # Prepares once for the module.
+  return c
+
+
+def _identities(batch, mask=None):
+  """Un-augmented images identify examples (synthetic images are all distinct)."""
+  keep = np.ones(len(batch["label"]), bool) if mask is None else mask
+  return [(img.tobytes(), int(l)) for img, l, k in zip(batch["image"], batch["label"], keep) if k]
+
+
+def _eval_all(config, split, processes, batch):
+  seen, steps = collections.Counter(), set()
+  for p in range(processes):
+    it = pipeline.eval_iterator(config, split, global_batch_size=batch, process_index=p,
+                                process_count=processes)
+    batches = list(it)
+    steps.add(len(batches))
+    for b in batches:
+      assert b["image"].shape == (batch // processes, 8, 8, 3) and b["mask"].dtype == bool
+      assert not b["image"][~b["mask"]].any()
+      seen.update(_identities(b, b["mask"]))
+  return seen, steps
+
+
+def test_sizes_and_class_names(config):
+  assert [pipeline.num_examples(config, s) for s in ("train", "val", "test")] == [27, 3, 15]
+  assert pipeline.steps_per_epoch(config, 4) == 6
+  assert pipeline.class_names(config)[0] == "AM General Hummer SUV 2000"
+  assert pipeline.eval_steps(config, "test", 4, process_count=2) == 4
+
+
+@pytest.mark.parametrize("split,processes", [("test", 1), ("test", 2), ("val", 3)])
+def test_eval_covers_every_example_exactly_once(config, split, processes):
+  reference, _ = _eval_all(config, split, 1, 64)  # One batch holds the whole split.
+  seen, steps = _eval_all(config, split, processes, 2 * processes)
+  assert sum(reference.values()) == pipeline.num_examples(config, split)
+  assert seen == reference and max(reference.values()) == 1
+  assert steps == {pipeline.eval_steps(config, split, 2 * processes, processes)}
+
+
+def test_train_epochs_are_disjoint_across_processes_and_reshuffled(config):
+  plain = config.copy_and_resolve_references()
+  plain.update(NO_AUGMENTATION)
+  steps = pipeline.steps_per_epoch(plain, 8)
+  epochs = collections.defaultdict(list)
+  for p in range(2):
+    it = pipeline.train_iterator(plain, global_batch_size=8, seed=0, process_index=p,
+                                 process_count=2)
+    for step in range(2 * steps):
+      batch = next(it)
+      assert batch["image"].shape == (4, 8, 8, 3) and batch["label"].dtype == np.int32
+      epochs[step // steps].append(_identities(batch))
+  val, _ = _eval_all(plain, "val", 1, 8)
+  for e in (0, 1):
+    flat = [x for batch in epochs[e] for x in batch]
+    assert len(flat) == len(set(flat)) == 24  # 27 train examples, 3 dropped per epoch.
+    assert not set(flat) & set(val)
+  assert epochs[0] != epochs[1]
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _assert_same(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["image"], y["image"])
+    np.testing.assert_array_equal(x["label"], y["label"])
+
+
+def test_resume_mid_run_gives_the_same_batches(config):
+  make = lambda: pipeline.train_iterator(config, global_batch_size=4, seed=7,
+                                         process_index=0, process_count=1)
+  it = make()
+  _take(it, 5)
+  state = it.get_state()
+  expected = _take(it, 4)  # Crosses the epoch boundary (6 steps per epoch).
+  resumed = make()
+  resumed.set_state(state)
+  _assert_same(_take(resumed, 4), expected)
+
+
+def test_two_worker_processes_match_in_process_batches_and_resume(config):
+  """Grain's state records the worker layout: resume with the same `workers`."""
+  c = config.copy_and_resolve_references()
+  c.workers = 2
+  make = lambda cfg: pipeline.train_iterator(cfg, global_batch_size=4, seed=3,
+                                             process_index=0, process_count=1)
+  expected = _take(make(config), 6)
+  it = make(c)
+  try:
+    _assert_same(_take(it, 3), expected[:3])
+    state = it.get_state()
+  finally:
+    it.close()
+  resumed = make(c)
+  try:
+    resumed.set_state(state)
+    _assert_same(_take(resumed, 3), expected[3:])
+  finally:
+    resumed.close()
+
+
+def test_normalization_follows_channels(config):
+  mean, std = pipeline.normalization(config)
+  np.testing.assert_allclose(mean, [0.470, 0.460, 0.455])
+  assert mean.dtype == std.dtype == np.float32
+  gray = config.copy_and_resolve_references()
+  gray.channels = 1
+  np.testing.assert_allclose(pipeline.normalization(gray), [[0.462], [0.270]])
