@@ -6,6 +6,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from efficientnet_jax.models import layers
@@ -36,9 +37,9 @@ class ConvBnAct(nnx.Module):
   """k x k conv, BatchNorm, activation: the stem (3x3/2)."""
 
   def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, opts: LayerOptions,
-               *, rngs: nnx.Rngs):
+               *, init: np.random.Generator):
     self.conv = layers.Conv(in_ch, out_ch, kernel, stride, padding=opts.padding, dtype=opts.dtype,
-                            rngs=rngs)
+                            init=init)
     self.bn = opts.bn(out_ch)
     self.opts = opts
 
@@ -49,8 +50,8 @@ class ConvBnAct(nnx.Module):
 class PointwiseBnAct(nnx.Module):
   """1x1 conv, BatchNorm, activation: the head (-> 1280 * width)."""
 
-  def __init__(self, in_ch: int, out_ch: int, opts: LayerOptions, *, rngs: nnx.Rngs):
-    self.conv = layers.PointwiseConv(in_ch, out_ch, dtype=opts.dtype, rngs=rngs)
+  def __init__(self, in_ch: int, out_ch: int, opts: LayerOptions, *, init: np.random.Generator):
+    self.conv = layers.Dense(in_ch, out_ch, dtype=opts.dtype, init=init)
     self.bn = opts.bn(out_ch)
     self.opts = opts
 
@@ -61,9 +62,9 @@ class PointwiseBnAct(nnx.Module):
 class SqueezeExcite(nnx.Module):
   """Global pool -> 1x1 reduce (+bias) -> swish -> 1x1 expand (+bias) -> sigmoid gate."""
 
-  def __init__(self, channels: int, squeezed: int, opts: LayerOptions, *, rngs: nnx.Rngs):
-    self.reduce = layers.PointwiseConv(channels, squeezed, use_bias=True, dtype=opts.dtype, rngs=rngs)
-    self.expand = layers.PointwiseConv(squeezed, channels, use_bias=True, dtype=opts.dtype, rngs=rngs)
+  def __init__(self, channels: int, squeezed: int, opts: LayerOptions, *, init: np.random.Generator):
+    self.reduce = layers.Dense(channels, squeezed, use_bias=True, dtype=opts.dtype, init=init)
+    self.expand = layers.Dense(squeezed, channels, use_bias=True, dtype=opts.dtype, init=init)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     s = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(x.dtype)
@@ -78,18 +79,19 @@ class MBConv(nnx.Module):
   and with it drop-connect, exists only when stride is 1 and channels are unchanged.
   """
 
-  def __init__(self, spec: BlockSpec, opts: LayerOptions, *, rngs: nnx.Rngs):
+  def __init__(self, spec: BlockSpec, opts: LayerOptions, *, init: np.random.Generator,
+               rngs: nnx.Rngs):
     mid = spec.mid_channels
     if spec.expand_ratio != 1:
-      self.expand_conv = layers.PointwiseConv(spec.in_channels, mid, dtype=opts.dtype, rngs=rngs)
+      self.expand_conv = layers.Dense(spec.in_channels, mid, dtype=opts.dtype, init=init)
       self.expand_bn = opts.bn(mid)
     else:
       self.expand_conv = self.expand_bn = None
     self.dw_conv = layers.DepthwiseConv(mid, spec.kernel, spec.stride, padding=opts.padding,
-                                        impl=opts.depthwise, dtype=opts.dtype, rngs=rngs)
+                                        impl=opts.depthwise, dtype=opts.dtype, init=init)
     self.dw_bn = opts.bn(mid)
-    self.se = SqueezeExcite(mid, spec.se_channels, opts, rngs=rngs) if spec.se_channels else None
-    self.project_conv = layers.PointwiseConv(mid, spec.out_channels, dtype=opts.dtype, rngs=rngs)
+    self.se = SqueezeExcite(mid, spec.se_channels, opts, init=init) if spec.se_channels else None
+    self.project_conv = layers.Dense(mid, spec.out_channels, dtype=opts.dtype, init=init)
     self.project_bn = opts.bn(spec.out_channels)
     use_drop = spec.has_skip and spec.drop_connect > 0
     self.drop_path = layers.DropPath(spec.drop_connect, rngs=rngs) if use_drop else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from efficientnet_jax.models import layers, specs
@@ -22,7 +23,7 @@ class EfficientNet(nnx.Module):
 
   def __init__(self, name: str, *, num_classes: int, in_channels: int, padding: str,
                dropout_rate: float, drop_connect_rate: float, bn_momentum: float,
-               bn_epsilon: float, dtype: str, depthwise: str, freeze_bn: bool, rngs: nnx.Rngs):
+               bn_epsilon: float, dtype: str, depthwise: str, freeze_bn: bool, seed: int):
     variant = specs.get_variant(name)
     if in_channels not in (1, 3):
       raise ValueError(f"model.in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels}.")
@@ -34,19 +35,20 @@ class EfficientNet(nnx.Module):
         bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, freeze_bn=freeze_bn,
         activation="relu6" if variant.lite else "swish",
     )
+    init = np.random.default_rng(seed)  # Initial parameter values (see layers.he_normal).
+    rngs = nnx.Rngs(dropout=seed)  # Dropout and drop-path streams.
     self.arch = name
     self.variant = variant
     self.block_specs = tuple(specs.build_blocks(variant, drop_connect_rate))
-    self.stem = ConvBnAct(in_channels, specs.stem_channels(variant), 3, 2, opts, rngs=rngs)
+    self.stem = ConvBnAct(in_channels, specs.stem_channels(variant), 3, 2, opts, init=init)
     for spec in self.block_specs:
-      setattr(self, spec.name, MBConv(spec, opts, rngs=rngs))
+      setattr(self, spec.name, MBConv(spec, opts, init=init, rngs=rngs))
     features = specs.head_channels(variant)
-    self.head = PointwiseBnAct(self.block_specs[-1].out_channels, features, opts, rngs=rngs)
+    self.head = PointwiseBnAct(self.block_specs[-1].out_channels, features, opts, init=init)
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
-    # TF's dense initializer: uniform(-1/sqrt(num_classes), 1/sqrt(num_classes)).
-    self.classifier = nnx.Linear(
-        features, num_classes,
-        kernel_init=nnx.initializers.variance_scaling(1.0 / 3.0, "fan_out", "uniform"), rngs=rngs)
+    # TF's classifier initializer: U(-1/sqrt(num_classes), 1/sqrt(num_classes)).
+    self.classifier = layers.Dense(features, num_classes, use_bias=True, dtype=jnp.float32,
+                                   init=init, uniform_bound=num_classes**-0.5)
     self.num_classes = num_classes
     self.in_channels = in_channels
     self.opts = opts
@@ -90,5 +92,5 @@ def create_model(
       name, num_classes=num_classes, in_channels=in_channels, padding=padding,
       dropout_rate=dropout_rate, drop_connect_rate=drop_connect_rate, bn_momentum=bn_momentum,
       bn_epsilon=bn_epsilon, dtype=dtype, depthwise=depthwise, freeze_bn=freeze_bn,
-      rngs=nnx.Rngs(params=seed, dropout=seed + 1),
+      seed=seed,
   )

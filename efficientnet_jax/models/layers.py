@@ -12,6 +12,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 PADDINGS = ("same", "symmetric")
@@ -49,18 +50,22 @@ def _spatial_padding(x: jax.Array, kernel: int, stride: int, padding: str) -> li
   return [pad_amounts(x.shape[axis], kernel, stride, padding) for axis in (1, 2)]
 
 
-def _normal_init(key: jax.Array, shape: tuple[int, ...], fan_out: int) -> jax.Array:
-  """He-normal on fan-out, the initializer of the official TF EfficientNet."""
-  return jax.random.normal(key, shape, jnp.float32) * math.sqrt(2.0 / fan_out)
+def he_normal(init: np.random.Generator, shape: tuple[int, ...], fan_out: int) -> jax.Array:
+  """He-normal on fan-out, the initializer of the official TF EfficientNet.
+
+  Initial values come from a NumPy generator: one XLA compilation per parameter shape
+  (jax.random) made building B7 take tens of seconds on CPU.
+  """
+  return jnp.asarray(init.standard_normal(shape, np.float32) * np.float32(math.sqrt(2.0 / fan_out)))
 
 
 class Conv(nnx.Module):
   """A full k x k convolution without bias (the stem)."""
 
   def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, *, padding: str,
-               dtype: jnp.dtype, rngs: nnx.Rngs):
+               dtype: jnp.dtype, init: np.random.Generator):
     shape = (kernel, kernel, in_ch, out_ch)
-    self.kernel = nnx.Param(_normal_init(rngs.params(), shape, kernel * kernel * out_ch))
+    self.kernel = nnx.Param(he_normal(init, shape, kernel * kernel * out_ch))
     self.stride = stride
     self.padding = padding
     self.dtype = dtype
@@ -76,12 +81,21 @@ class Conv(nnx.Module):
     )
 
 
-class PointwiseConv(nnx.Module):
-  """A 1x1 convolution as a matmul over channels, with optional bias."""
+class Dense(nnx.Module):
+  """y = x @ kernel (+ bias) over the last axis: 1x1 convolutions and the classifier.
+
+  A 1x1 convolution runs as this matmul (same parameters, kernel (in, out)).
+  `uniform_bound` > 0 draws the kernel from U(-bound, bound) (TF's classifier init);
+  otherwise it is He-normal on fan-out (TF's conv init).
+  """
 
   def __init__(self, in_ch: int, out_ch: int, *, use_bias: bool = False, dtype: jnp.dtype,
-               rngs: nnx.Rngs):
-    self.kernel = nnx.Param(_normal_init(rngs.params(), (in_ch, out_ch), out_ch))
+               init: np.random.Generator, uniform_bound: float = 0.0):
+    if uniform_bound > 0:
+      kernel = jnp.asarray(init.uniform(-uniform_bound, uniform_bound, (in_ch, out_ch)).astype(np.float32))
+    else:
+      kernel = he_normal(init, (in_ch, out_ch), out_ch)
+    self.kernel = nnx.Param(kernel)
     self.bias = nnx.Param(jnp.zeros((out_ch,), jnp.float32)) if use_bias else None
     self.dtype = dtype
 
@@ -101,35 +115,39 @@ class DepthwiseConv(nnx.Module):
   """
 
   def __init__(self, channels: int, kernel: int, stride: int, *, padding: str, impl: str,
-               dtype: jnp.dtype, rngs: nnx.Rngs):
-    self.kernel = nnx.Param(_normal_init(rngs.params(), (kernel, kernel, 1, channels), kernel * kernel))
+               dtype: jnp.dtype, init: np.random.Generator):
+    self.kernel = nnx.Param(he_normal(init, (kernel, kernel, 1, channels), kernel * kernel))
     self.stride = stride
     self.padding = padding
     self.impl = resolve_depthwise(impl)
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    k, s = self.kernel.shape[0], self.stride
-    pads = _spatial_padding(x, k, s, self.padding)
-    w = self.kernel[...].astype(self.dtype)
-    x = x.astype(self.dtype)
-    if self.impl == "conv":
-      return jax.lax.conv_general_dilated(
-          x, w, window_strides=(s, s), padding=pads,
-          dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1],
-      )
-    n, h, wd, c = x.shape
-    out_h = (h + sum(pads[0]) - k) // s + 1
-    out_w = (wd + sum(pads[1]) - k) // s + 1
-    xp = jnp.pad(x, [(0, 0), pads[0], pads[1], (0, 0)])
-    out = None
-    for i in range(k):
-      for j in range(k):
-        tap = jax.lax.slice(
-            xp, (0, i, j, 0), (n, i + s * (out_h - 1) + 1, j + s * (out_w - 1) + 1, c), (1, s, s, 1)
-        ) * w[i, j, 0]
-        out = tap if out is None else out + tap
-    return out
+    return depthwise_conv(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.stride,
+                          self.padding, self.impl)
+
+
+def depthwise_conv(x: jax.Array, w: jax.Array, stride: int, padding: str, impl: str) -> jax.Array:
+  """Depthwise convolution of NHWC `x` with a (k, k, 1, C) kernel; impl 'conv' or 'shifted'."""
+  k, s = w.shape[0], stride
+  pads = _spatial_padding(x, k, s, padding)
+  if impl == "conv":
+    return jax.lax.conv_general_dilated(
+        x, w, window_strides=(s, s), padding=pads,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1],
+    )
+  n, h, wd, c = x.shape
+  out_h = (h + sum(pads[0]) - k) // s + 1
+  out_w = (wd + sum(pads[1]) - k) // s + 1
+  xp = jnp.pad(x, [(0, 0), pads[0], pads[1], (0, 0)])
+  out = None
+  for i in range(k):
+    for j in range(k):
+      tap = jax.lax.slice(
+          xp, (0, i, j, 0), (n, i + s * (out_h - 1) + 1, j + s * (out_w - 1) + 1, c), (1, s, s, 1)
+      ) * w[i, j, 0]
+      out = tap if out is None else out + tap
+  return out
 
 
 class BatchNorm(nnx.Module):
@@ -160,8 +178,10 @@ class BatchNorm(nnx.Module):
       mean = jnp.mean(xf, axes)
       var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
       m = self.momentum
-      self.mean[...] = m * self.mean[...] + (1.0 - m) * mean
-      self.var[...] = m * self.var[...] + (1.0 - m) * var
+      # `.value =` replaces the array; `[...] =` makes flax probe the tracer's sharding,
+      # which cost ~80% of the trace time of a B7 training step.
+      self.mean.value = m * self.mean[...] + (1.0 - m) * mean
+      self.var.value = m * self.var[...] + (1.0 - m) * var
     mul = self.scale[...] * jax.lax.rsqrt(var + self.epsilon)
     add = self.bias[...] - mean * mul
     return x * mul.astype(x.dtype) + add.astype(x.dtype)

@@ -1,0 +1,250 @@
+"""EfficientNet structure, modes, padding, depthwise implementations, dtypes."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from efficientnet_jax.models import VARIANTS, create_model, layers, specs
+
+B_VARIANTS = [f"b{i}" for i in range(8)]
+LITE_VARIANTS = [f"lite{i}" for i in range(5)]
+
+# Published parameter counts (millions, 1000 classes) of timm's tf_efficientnet_* models.
+PUBLISHED_PARAMS_M = {
+    "b0": 5.29, "b1": 7.79, "b2": 9.11, "b3": 12.23, "b4": 19.34, "b5": 30.39, "b6": 43.04,
+    "b7": 66.35, "lite0": 4.65, "lite1": 5.42, "lite2": 6.09, "lite3": 8.20, "lite4": 13.01,
+}
+# Channel tables of the official models: stem, stage outputs, head.
+PUBLISHED_CHANNELS = {
+    "b3": (40, (24, 32, 48, 96, 136, 232, 384), 1536),
+    "b4": (48, (24, 32, 56, 112, 160, 272, 448), 1792),
+    "b7": (64, (32, 48, 80, 160, 224, 384, 640), 2560),
+}
+
+
+def _reference_round_filters(f: int, width: float) -> int:
+  """DESIGN.md's rule, written out independently of the model code."""
+  f = f * width
+  new = max(8, int(f + 4) // 8 * 8)
+  return new + 8 if new < 0.9 * f else new
+
+
+def _param_count(model) -> int:
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def _images(n=2, size=32, channels=3, seed=0):
+  return jax.random.normal(jax.random.key(seed), (n, size, size, channels))
+
+
+forward = nnx.jit(lambda model, x: model(x))
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_variant_runs_in_both_modes(name):
+  model = create_model(name, num_classes=7, depthwise="conv")
+  x = _images()
+  model.eval()
+  y_eval = forward(model, x)
+  stats_before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+  model.train()
+  y_train = forward(model, x)
+  for y in (y_eval, y_train):
+    assert y.shape == (2, 7) and y.dtype == jnp.float32
+    assert np.isfinite(np.asarray(y)).all()
+  # Training mode normalises with batch statistics and updates the running averages.
+  assert not np.allclose(y_eval, y_train)
+  # (Running means after a bias-free linear layer of BN-normalised input stay ~0, so the
+  # check is on variances.)
+  stats_after = nnx.state(model, nnx.BatchStat)
+  var_changed = [not np.allclose(before, np.asarray(after))
+                 for (path, before), (_, after) in zip(stats_before.flat_state(), stats_after.flat_state())
+                 if path[-1] == "var"]
+  assert len(var_changed) > 10 and all(var_changed)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_parameter_counts_match_published(name):
+  assert round(_param_count(create_model(name)) / 1e6, 2) == PUBLISHED_PARAMS_M[name]
+
+
+@pytest.mark.parametrize("name", B_VARIANTS)
+def test_scaling_rules(name):
+  variant = VARIANTS[name]
+  model = create_model(name, num_classes=10)
+  blocks = model.block_specs
+  # Repeats follow ceil(depth * r), channels round_filters(c * width), stride only on block 0.
+  for i, stage in enumerate(specs.B0_STAGES):
+    stage_blocks = [b for b in blocks if b.stage == i]
+    assert len(stage_blocks) == math.ceil(variant.depth * stage.repeats)
+    out = _reference_round_filters(stage.out_channels, variant.width)
+    for b in stage_blocks:
+      block = getattr(model, b.name)
+      assert block.project_conv.kernel.shape[-1] == out
+      assert block.dw_conv.kernel.shape[:2] == (stage.kernel, stage.kernel)
+      assert block.dw_conv.stride == (stage.stride if b.index == 0 else 1)
+      # SE squeezes to a quarter of the block's *input* channels.
+      assert block.se.reduce.kernel.shape == (b.in_channels * stage.expand_ratio,
+                                              max(1, int(b.in_channels * 0.25)))
+  assert model.stem.conv.kernel.shape[-1] == _reference_round_filters(32, variant.width)
+  assert model.head.conv.kernel.shape[-1] == _reference_round_filters(1280, variant.width)
+  if name in PUBLISHED_CHANNELS:
+    stem, stages, head = PUBLISHED_CHANNELS[name]
+    assert model.stem.conv.kernel.shape[-1] == stem
+    assert tuple(b.out_channels for b in blocks if b.index == 0) == stages
+    assert model.head.conv.kernel.shape[-1] == head
+
+
+def test_drop_connect_grows_linearly_and_only_on_skip_blocks():
+  model = create_model("b3", drop_connect_rate=0.2)
+  n = len(model.block_specs)
+  rates = [b.drop_connect for b in model.block_specs]
+  np.testing.assert_allclose(rates, 0.2 * np.arange(n) / n, rtol=0, atol=1e-12)
+  for spec, block in zip(model.block_specs, model.blocks):
+    assert (block.drop_path is not None) == (spec.has_skip and spec.drop_connect > 0)
+    if block.drop_path is not None:
+      assert block.drop_path.rate == spec.drop_connect
+
+
+def test_drop_path_drops_whole_examples_in_training_only():
+  drop = layers.DropPath(0.5, rngs=nnx.Rngs(dropout=0))
+  x = jnp.ones((64, 2, 2, 3))
+  y = np.asarray(drop(x))
+  per_example = y.reshape(64, -1)
+  assert set(np.unique(per_example)) <= {0.0, 2.0}
+  assert (per_example == per_example[:, :1]).all()  # All-or-nothing per example.
+  assert 10 < (per_example[:, 0] == 0).sum() < 54
+  drop.deterministic = True
+  np.testing.assert_array_equal(drop(x), x)
+
+
+@pytest.mark.parametrize("name", LITE_VARIANTS)
+def test_lite_has_relu6_no_se_and_fixed_stem_head(name):
+  model = create_model(name, num_classes=10)
+  assert all(block.se is None for block in model.blocks)
+  assert model.stem.conv.kernel.shape[-1] == 32 and model.head.conv.kernel.shape[-1] == 1280
+  stage_repeats = [sum(b.stage == i for b in model.block_specs) for i in range(7)]
+  assert stage_repeats[0] == 1 and stage_repeats[-1] == 1  # First/last stage not depth-scaled.
+  model.eval()
+  stem_out = np.asarray(model.stem(100.0 * _images()))
+  assert stem_out.min() >= 0.0 and stem_out.max() == pytest.approx(6.0)  # ReLU6 saturates.
+
+
+def test_b_variants_use_swish():
+  model = create_model("b0", num_classes=10)
+  model.eval()
+  stem_out = np.asarray(model.stem(100.0 * _images()))
+  assert stem_out.min() < 0.0 and stem_out.max() > 6.0
+
+
+def test_pad_amounts_follow_tf_same_and_torch_symmetric():
+  assert layers.pad_amounts(224, 3, 2, "same") == (0, 1)  # Extra pixel bottom/right.
+  assert layers.pad_amounts(112, 5, 2, "same") == (1, 2)
+  assert layers.pad_amounts(225, 3, 2, "same") == (1, 1)
+  assert layers.pad_amounts(56, 5, 1, "same") == (2, 2)
+  assert layers.pad_amounts(224, 5, 2, "symmetric") == (2, 2)
+  with pytest.raises(ValueError, match="model.padding"):
+    layers.pad_amounts(224, 3, 2, "valid")
+
+
+@pytest.mark.parametrize("impl", ["conv", "shifted"])
+def test_padding_modes_differ_only_for_stride_two(impl):
+  x = _images(size=16, channels=8)
+  for stride, should_match in ((1, True), (2, False)):
+    outs = []
+    for padding in ("same", "symmetric"):
+      conv = layers.DepthwiseConv(8, 3, stride, padding=padding, impl=impl, dtype=jnp.float32,
+                                  init=np.random.default_rng(0))
+      outs.append(np.asarray(conv(x)))
+    assert outs[0].shape == outs[1].shape
+    assert np.allclose(outs[0], outs[1], atol=1e-6) == should_match
+  full = [layers.Conv(8, 4, 3, 2, padding=p, dtype=jnp.float32, init=np.random.default_rng(0))(x)
+          for p in ("same", "symmetric")]
+  assert not np.allclose(full[0], full[1], atol=1e-6)
+
+
+def test_whole_model_padding_option_changes_logits():
+  x = _images()
+  outs = []
+  for padding in ("same", "symmetric"):
+    model = create_model("b0", num_classes=5, padding=padding)
+    model.eval()
+    outs.append(np.asarray(forward(model, x)))
+  assert not np.allclose(outs[0], outs[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, "same"), (3, 2, "same"), (5, 2, "same"),
+                                                   (5, 2, "symmetric"), (5, 1, "symmetric")])
+def test_shifted_depthwise_matches_xla_conv_and_gradients(kernel, stride, padding):
+  x = _images(n=2, size=15, channels=6, seed=1)
+  w = jax.random.normal(jax.random.key(2), (kernel, kernel, 1, 6))
+
+  def loss(w, x, impl):
+    return jnp.sum(jnp.sin(layers.depthwise_conv(x, w, stride, padding, impl)))
+
+  np.testing.assert_allclose(layers.depthwise_conv(x, w, stride, padding, "shifted"),
+                             layers.depthwise_conv(x, w, stride, padding, "conv"),
+                             rtol=1e-5, atol=1e-5)
+  g_ref = jax.grad(loss, argnums=(0, 1))(w, x, "conv")
+  g_new = jax.grad(loss, argnums=(0, 1))(w, x, "shifted")
+  for a, b in zip(g_new, g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_depthwise_is_shifted_on_cpu_and_bad_names_fail():
+  assert layers.resolve_depthwise("auto") == "shifted"
+  with pytest.raises(ValueError, match="model.depthwise"):
+    layers.resolve_depthwise("fast")
+
+
+def test_frozen_batchnorm_keeps_statistics_in_training_mode():
+  model = create_model("b0", num_classes=5, freeze_bn=True)
+  model.train()
+  before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+  y_train = forward(model, _images())
+  after = nnx.state(model, nnx.BatchStat)
+  jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, after))
+  # With dropout and drop-path off, frozen-BN training equals evaluation.
+  model_nodrop = create_model("b0", num_classes=5, freeze_bn=True, dropout_rate=0.0,
+                              drop_connect_rate=0.0)
+  model_nodrop.train()
+  y_frozen = forward(model_nodrop, _images())
+  model_nodrop.eval()
+  np.testing.assert_allclose(y_frozen, forward(model_nodrop, _images()), rtol=1e-5, atol=1e-5)
+  assert np.isfinite(np.asarray(y_train)).all()
+
+
+def test_grayscale_input():
+  model = create_model("b0", num_classes=3, in_channels=1)
+  model.eval()
+  assert model.stem.conv.kernel.shape == (3, 3, 1, 32)
+  y = forward(model, _images(channels=1))
+  assert y.shape == (2, 3) and np.isfinite(np.asarray(y)).all()
+
+
+@pytest.mark.parametrize("name", ["b0", "lite0"])
+def test_bfloat16_is_finite_and_close_to_float32(name):
+  x = _images(n=4, size=64)
+  ref, low = (create_model(name, num_classes=10, dtype=d) for d in ("float32", "bfloat16"))
+  for model in (ref, low):
+    model.eval()
+  # Same seed -> the same float32 parameters; only the compute dtype differs.
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(low, nnx.Param)))
+  y32, y16 = np.asarray(forward(ref, x)), np.asarray(forward(low, x))
+  assert y16.dtype == np.float32 and np.isfinite(y16).all()
+  scale = np.abs(y32).max()
+  assert np.abs(y16 - y32).max() <= 0.05 * scale
+  assert (y16.argmax(-1) == y32.argmax(-1)).mean() >= 0.75
+
+
+def test_bad_options_name_the_config_field():
+  with pytest.raises(ValueError, match="model.name"):
+    create_model("b9")
+  with pytest.raises(ValueError, match="model.dtype"):
+    create_model("b0", dtype="float16")
+  with pytest.raises(ValueError, match="model.in_channels"):
+    create_model("b0", in_channels=4)
