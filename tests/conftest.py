@@ -1,0 +1,14 @@
+"""Session setup shared by all tests.
+
+A persistent XLA compilation cache (also inherited by the subprocesses some tests start),
+so a step that several tests or processes build with the same shapes compiles once.
+Set before JAX is imported by any test module.
+"""
+
+import os
+import tempfile
+
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "efficientnet_jax_test_xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
