@@ -8,7 +8,7 @@ command does the same ahead of time (e.g. once, on a shared file system).
 
 from absl import app, flags, logging
 
-from efficientnet_jax.data import prepare, source
+from efficientnet_jax.data import preparation, source
 
 _SOURCE = flags.DEFINE_string("source", None, "Folder holding your Stanford Cars copy.",
                               required=True)
@@ -20,7 +20,7 @@ _THREADS = flags.DEFINE_integer("threads", 0, "Threads decoding images (0 = all 
 
 def main(argv: list[str]) -> None:
   del argv
-  dataset_dir = prepare.prepare(_SOURCE.value, _DATA_DIR.value, bad_images=_BAD_IMAGES.value,
+  dataset_dir = preparation.prepare(_SOURCE.value, _DATA_DIR.value, bad_images=_BAD_IMAGES.value,
                                 threads=_THREADS.value)
   sizes = {s: len(source.split_labels(dataset_dir, s)) for s in ("train", "test")}
   logging.info("Prepared %s: %s examples, %d classes.", dataset_dir, sizes,

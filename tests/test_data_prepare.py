@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from efficientnet_jax.data import layouts, prepare, source, synthetic
+from efficientnet_jax.data import layouts, preparation, source, synthetic
 from efficientnet_jax.data.class_names import STANFORD_CARS_CLASSES
 from efficientnet_jax.data.errors import DataError
 
@@ -46,7 +46,7 @@ def test_bad_images_fail_by_default_naming_each_file(tmp_path):
   odd = _copy_with_odd_images(root)
   open(os.path.join(root, "cars_test", "00002.jpg"), "wb").write(b"not an image")
   with pytest.raises(DataError) as err:
-    prepare.prepare(root, str(tmp_path / "tfds"))
+    preparation.prepare(root, str(tmp_path / "tfds"))
   message = str(err.value)
   assert "2 unreadable image(s)" in message
   assert odd["truncated"] in message and "cars_test/00002.jpg" in message
@@ -58,7 +58,7 @@ def test_skip_policy_converts_odd_images_and_never_shifts_labels(tmp_path):
   root = str(tmp_path / "raw")
   odd = _copy_with_odd_images(root)
   expected = _expected_labels(root)
-  dataset_dir = prepare.prepare(root, str(tmp_path / "tfds"), bad_images="skip", threads=2)
+  dataset_dir = preparation.prepare(root, str(tmp_path / "tfds"), bad_images="skip", threads=2)
   assert source.class_names(dataset_dir) == STANFORD_CARS_CLASSES[:3]
   train, test = _records(dataset_dir, "train"), _records(dataset_dir, "test")
   assert len(train) == 8 and len(test) == 6
@@ -88,20 +88,20 @@ def test_ensure_prepared_prepares_once_and_accepts_prepared_tfds(tmp_path, monke
                                        num_classes=2, per_class_train=2, per_class_test=1,
                                        size=(16, 16))
   config = _config(tmp_path, root, tmp_path / "tfds")
-  dataset_dir = prepare.ensure_prepared(config)
+  dataset_dir = preparation.ensure_prepared(config)
   assert dataset_dir == str(tmp_path / "tfds" / "stanford_cars" / "1.0.0")
-  monkeypatch.setattr(prepare, "prepare", lambda *a, **k: pytest.fail("prepared twice"))
-  assert prepare.ensure_prepared(config) == dataset_dir
+  monkeypatch.setattr(preparation, "prepare", lambda *a, **k: pytest.fail("prepared twice"))
+  assert preparation.ensure_prepared(config) == dataset_dir
   # Layout 5: the prepared folder as the source of another run, nothing to prepare.
   other = _config(tmp_path, tmp_path / "tfds", tmp_path / "elsewhere")
   monkeypatch.undo()
-  assert prepare.ensure_prepared(other) == dataset_dir
+  assert preparation.ensure_prepared(other) == dataset_dir
   assert not os.path.exists(tmp_path / "elsewhere")
 
 
 def test_ensure_prepared_without_source_says_which_flag(tmp_path):
   with pytest.raises(DataError, match="config.data.dir"):
-    prepare.ensure_prepared(_config(tmp_path, "", tmp_path / "tfds"))
+    preparation.ensure_prepared(_config(tmp_path, "", tmp_path / "tfds"))
 
 
 def test_cli_prepares_and_prints_the_dataset_dir(tmp_path):

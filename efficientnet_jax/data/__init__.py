@@ -16,7 +16,7 @@ from efficientnet_jax.data.pipeline import (
     steps_per_epoch,
     train_iterator,
 )
-from efficientnet_jax.data.prepare import ensure_prepared, prepare
+from efficientnet_jax.data.preparation import ensure_prepared, prepare
 from efficientnet_jax.data.synthetic import make_synthetic_cars
 
 __all__ = [

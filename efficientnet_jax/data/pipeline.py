@@ -16,7 +16,7 @@ import numpy as np
 
 from efficientnet_jax.data import splits, transforms
 from efficientnet_jax.data.errors import DataError
-from efficientnet_jax.data.prepare import ensure_prepared
+from efficientnet_jax.data.preparation import ensure_prepared
 from efficientnet_jax.data.source import PreparedSource
 
 
