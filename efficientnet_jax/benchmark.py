@@ -1,0 +1,29 @@
+"""Benchmarks: `python -m efficientnet_jax.benchmark <name> [flags]`.
+
+Each module in efficientnet_jax/benchmarks/ with a `main(argv)` is a subcommand named after
+the module (e.g. `input`: decode + augmentation throughput); `--help` after the name lists
+its flags.
+"""
+
+import importlib
+import pkgutil
+import sys
+
+from efficientnet_jax import benchmarks
+
+
+def subcommands() -> list[str]:
+  """Names of the available benchmarks."""
+  return sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__)
+                if not m.name.startswith("_"))
+
+
+def main(argv: list[str]) -> None:
+  names = subcommands()
+  if len(argv) < 2 or argv[1] not in names:
+    sys.exit(f"usage: python -m efficientnet_jax.benchmark {{{','.join(names)}}} [flags]")
+  importlib.import_module(f"efficientnet_jax.benchmarks.{argv[1]}").main(argv[2:])
+
+
+if __name__ == "__main__":
+  main(sys.argv)

@@ -1,0 +1,173 @@
+"""Input benchmark: decode + augmentation images/s, per core and through the Grain pipeline.
+
+  python -m efficientnet_jax.benchmark input [--data_dir=DIR] [--workers=N] [--image_size=224]
+
+Without --data_dir it writes synthetic ~700x480 JPEGs (the typical Stanford Cars size, at a
+similar bits per pixel) and prepares them in a temporary folder. It reports:
+  1. one core, records already in memory: train and eval transforms, with the share of
+     time per stage of the train transform (decode, warp, colour, array);
+  2. the full pipeline (read, transform, batch) with --workers processes, total and per
+     worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from PIL import ImageStat
+
+from efficientnet_jax.data import pipeline, preparation, source, synthetic, transforms as T
+
+_DEFAULT_CONFIG = pathlib.Path(__file__).parents[2] / "configs" / "default.py"
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m efficientnet_jax.benchmark input",
+                              description=__doc__.split("\n")[0])
+  p.add_argument("--data_dir", default="", help="Your copy (any layout) or a prepared TFDS "
+                 "dir; empty: synthetic 700x480 JPEGs.")
+  p.add_argument("--tfds_dir", default="", help="Where prepared data is/goes (default: a "
+                 "temporary folder, or --data_dir when it is prepared).")
+  p.add_argument("--workers", type=int, default=os.cpu_count(), help="Grain worker processes.")
+  p.add_argument("--image_size", type=int, default=224)
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--batches", type=int, default=20, help="Timed pipeline batches.")
+  p.add_argument("--images", type=int, default=300, help="Timed single-core images.")
+  p.add_argument("--synthetic_images", type=int, default=256)
+  p.add_argument("--json", default="", help="Also write the results to this file.")
+  return p
+
+
+def _config(args: argparse.Namespace, workdir: str):
+  spec = importlib.util.spec_from_file_location("_benchmark_default_config", _DEFAULT_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config().data
+  if args.data_dir:
+    config.dir = args.data_dir
+    config.tfds_dir = args.tfds_dir or os.path.join(workdir, "tfds")
+  else:
+    per_class = max(1, args.synthetic_images // 8)
+    config.dir = synthetic.make_synthetic_cars(os.path.join(workdir, "raw"), num_classes=8,
+                                               per_class_train=per_class, per_class_test=1,
+                                               size=(700, 480))
+    config.tfds_dir = os.path.join(workdir, "tfds")
+  config.image_size = args.image_size
+  config.workers = args.workers
+  return config
+
+
+def _staged_train(options: T.Options, record: dict, rng: np.random.Generator,
+                  clock: dict[str, float]) -> np.ndarray:
+  """TrainTransform.random_map, stage by stage, adding each stage's seconds to `clock`."""
+  out = (options.image_size, options.image_size)
+  t0 = time.perf_counter()
+  image = T.open_image(record["image"])
+  area = T.region(image.size, record["bbox"] if options.crop_to_bbox else None,
+                  options.bbox_margin)
+  geometry = T.sample_geometry(rng, area, options)
+  image, box = T.load(image, options.mode, geometry.box, out, options.jpeg_draft)
+  t1 = time.perf_counter()
+  image = T.warp(image, dataclasses.replace(geometry, box=box), out, options.train_warp,
+                 options.fill)
+  t2 = time.perf_counter()
+  if T.has_colour_jitter(options):
+    mean_rgb = np.resize(ImageStat.Stat(image.reduce(4)).mean, 3)
+    image = T.apply_colour(image, T.colour_matrix(rng, mean_rgb, options))
+  t3 = time.perf_counter()
+  array = T.to_array(image)
+  t4 = time.perf_counter()
+  for stage, seconds in (("decode", t1 - t0), ("warp", t2 - t1), ("colour", t3 - t2),
+                         ("array", t4 - t3)):
+    clock[stage] = clock.get(stage, 0.0) + seconds
+  return array
+
+
+def _rate(fn: Callable[[int], object], n: int) -> float:
+  fn(0)  # Warm-up.
+  start = time.perf_counter()
+  for i in range(n):
+    fn(i)
+  return n / (time.perf_counter() - start)
+
+
+def single_core(records: Sequence[dict], options: T.Options, n: int) -> dict:
+  """Images/s of the train and eval transforms on one core, and the train stage shares."""
+  train, evaluate = T.TrainTransform(options), T.EvalTransform(options)
+  rec = lambda i: records[i % len(records)]
+  check = train.random_map(rec(0), np.random.default_rng(0))["image"]
+  if not np.array_equal(check, _staged_train(options, rec(0), np.random.default_rng(0), {})):
+    raise AssertionError("_staged_train no longer matches TrainTransform; update it.")
+  clock: dict[str, float] = {}
+  for i in range(n):
+    _staged_train(options, rec(i), np.random.default_rng(i), clock)
+  total = sum(clock.values())
+  return {
+      "train_img_s": _rate(lambda i: train.random_map(rec(i), np.random.default_rng(i)), n),
+      "eval_img_s": _rate(lambda i: evaluate.map(rec(i)), n),
+      "train_ms_per_stage": {k: 1e3 * v / n for k, v in clock.items()},
+      "train_stage_share": {k: v / total for k, v in clock.items()},
+  }
+
+
+def through_pipeline(config, batch: int, batches: int) -> dict:
+  """Images/s of the whole train pipeline with config.workers processes."""
+  it = pipeline.train_iterator(config, global_batch_size=batch, seed=0, process_index=0,
+                               process_count=1)
+  try:
+    start = time.perf_counter()
+    next(it)  # Starts the workers.
+    startup = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(batches):
+      next(it)
+    rate = batch * batches / (time.perf_counter() - start)
+  finally:
+    if hasattr(it, "close"):
+      it.close()
+  workers = pipeline._workers(config)  # pylint: disable=protected-access
+  return {"workers": workers, "startup_s": startup, "img_s": rate,
+          "img_s_per_worker": rate / max(workers, 1)}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  args = _parser().parse_args(argv)
+  with tempfile.TemporaryDirectory() as workdir:
+    config = _config(args, workdir)
+    dataset_dir = preparation.ensure_prepared(config)
+    reader = source.PreparedSource(dataset_dir, "train")
+    records = [reader[i] for i in range(min(len(reader), 128))]
+    sizes = np.array([len(r["image"]) for r in records])
+    options = T.Options.from_config(config)
+    result = {
+        "dataset_dir": dataset_dir,
+        "mean_jpeg_kb": float(sizes.mean() / 1e3),
+        "image_size": args.image_size,
+        "single_core": single_core(records, options, args.images),
+        "pipeline": through_pipeline(config, min(args.batch, len(reader)), args.batches),
+    }
+  core, pipe = result["single_core"], result["pipeline"]
+  print(f"data: {dataset_dir} (mean JPEG {result['mean_jpeg_kb']:.0f} kB), output "
+        f"{args.image_size}x{args.image_size}")
+  print(f"one core   train {core['train_img_s']:7.0f} img/s   eval {core['eval_img_s']:7.0f} img/s")
+  print("train ms/image by stage: " + ", ".join(
+      f"{k} {v:.2f} ({100 * core['train_stage_share'][k]:.0f}%)"
+      for k, v in core["train_ms_per_stage"].items()))
+  print(f"pipeline   {pipe['workers']} workers: {pipe['img_s']:7.0f} img/s total, "
+        f"{pipe['img_s_per_worker']:.0f} per worker (startup {pipe['startup_s']:.1f} s)")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
