@@ -248,3 +248,27 @@ def test_bad_options_name_the_config_field():
     create_model("b0", dtype="float16")
   with pytest.raises(ValueError, match="model.in_channels"):
     create_model("b0", in_channels=4)
+
+
+def test_remat_gives_the_same_loss_gradients_and_batch_stats():
+  x = _images(n=4)
+  results = []
+  for remat in (False, True):
+    model = create_model("b0", num_classes=5, remat=remat, dropout_rate=0.0, drop_connect_rate=0.0)
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(params, rest):
+      m = nnx.merge(graphdef, params, rest, copy=True)
+      value = jnp.mean(m(x) ** 2)
+      return value, nnx.state(m, nnx.BatchStat)
+
+    (value, stats), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, rest)
+    results.append((value, grads, stats))
+  (v0, g0, s0), (v1, g1, s1) = results
+  np.testing.assert_allclose(v0, v1, rtol=1e-5)
+  # Some gradients are exactly zero in theory (a BN shift followed by another BN); their
+  # float noise differs with recomputation, so the tolerance is relative to the largest.
+  atol = 1e-3 * max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g0))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=atol), g0, g1)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s0, s1)

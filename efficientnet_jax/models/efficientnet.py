@@ -23,7 +23,8 @@ class EfficientNet(nnx.Module):
 
   def __init__(self, name: str, *, num_classes: int, in_channels: int, padding: str,
                dropout_rate: float, drop_connect_rate: float, bn_momentum: float,
-               bn_epsilon: float, dtype: str, depthwise: str, freeze_bn: bool, seed: int):
+               bn_epsilon: float, dtype: str, depthwise: str, freeze_bn: bool, remat: bool,
+               seed: int):
     variant = specs.get_variant(name)
     if in_channels not in (1, 3):
       raise ValueError(f"model.in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels}.")
@@ -50,6 +51,7 @@ class EfficientNet(nnx.Module):
     self.classifier = layers.Dense(features, num_classes, use_bias=True, dtype=jnp.float32,
                                    init=init, uniform_bound=num_classes**-0.5)
     self.num_classes = num_classes
+    self.remat = remat
     self.in_channels = in_channels
     self.opts = opts
 
@@ -61,12 +63,16 @@ class EfficientNet(nnx.Module):
     """Pooled features (float32, [N, head channels]) before dropout and classifier."""
     x = self.stem(x.astype(self.opts.dtype))
     for block in self.blocks:
-      x = block(x)
+      x = nnx.remat(_apply)(block, x) if self.remat else block(x)
     x = self.head(x)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.classifier(self.dropout(self.features(x)))
+
+
+def _apply(block: nnx.Module, x: jax.Array) -> jax.Array:
+  return block(x)
 
 
 def create_model(
@@ -82,9 +88,14 @@ def create_model(
     dtype: str = "float32",
     depthwise: str = "auto",
     freeze_bn: bool = False,
+    remat: bool = False,
     seed: int = 0,
 ) -> EfficientNet:
-  """Builds a named variant; `dropout_rate=None` (or < 0) takes the variant's default."""
+  """Builds a named variant; `dropout_rate=None` (or < 0) takes the variant's default.
+
+  remat=True recomputes each block's activations in the backward pass instead of
+  storing them (jax.checkpoint per block): less memory for B5-B7 at full resolution.
+  """
   variant = specs.get_variant(name)
   if dropout_rate is None or dropout_rate < 0:
     dropout_rate = variant.dropout
@@ -92,5 +103,5 @@ def create_model(
       name, num_classes=num_classes, in_channels=in_channels, padding=padding,
       dropout_rate=dropout_rate, drop_connect_rate=drop_connect_rate, bn_momentum=bn_momentum,
       bn_epsilon=bn_epsilon, dtype=dtype, depthwise=depthwise, freeze_bn=freeze_bn,
-      seed=seed,
+      remat=remat, seed=seed,
   )

@@ -1,0 +1,255 @@
+"""Step benchmark: our jitted train/eval step vs timm + PyTorch on the same shapes.
+
+  python -m efficientnet_jax.benchmark step --arch=b0 --batch=64 [--res=224]
+      [--dtype=bfloat16] [--depthwise=conv,shifted] [--vs-torch] [--json=out.json]
+
+Each contender runs in its own subprocess (its own peak memory, its own thread pools):
+one per depthwise implementation of ours, and with --vs-torch the PyTorch reference
+(timm's `efficientnet_<arch>` when timm is installed, else geffnet's, the same modules),
+channels_last, bfloat16 autocast when --dtype=bfloat16. Both sides do the same work:
+uint8 NHWC batch -> normalize -> forward -> label-smoothed cross entropy -> backward ->
+AdamW. Compile time is reported apart; throughput is the median (and min-max) over
+--repeats timed runs of --steps steps each, after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def _timed_runs(step: Callable[[], Any], sync: Callable[[Any], None], steps: int,
+                repeats: int) -> list[float]:
+  """Seconds per step for each of `repeats` runs of `steps` calls."""
+  out = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(steps):
+      result = step()
+    sync(result)
+    out.append((time.perf_counter() - start) / steps)
+  return out
+
+
+def _host_peak_bytes() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_jax(args: argparse.Namespace) -> dict[str, Any]:
+  """Times steps.make_train_step / make_eval_step, jitted with the state donated."""
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  import numpy as np
+  import optax
+  from flax import nnx
+
+  from efficientnet_jax import optim, steps
+  from efficientnet_jax.models import create_model
+
+  model = create_model(args.arch, num_classes=1000, dtype=args.dtype, depthwise=args.depthwise,
+                       remat=args.remat)
+  optim_config = ml_collections.ConfigDict(dict(
+      lr=1e-3, weight_decay=0.01, wd_exclude_bn_and_bias=True, b1=0.9, b2=0.999, eps=1e-8,
+      grad_clip_norm=0.0, freeze_backbone=False))
+  tx = optim.create_optimizer(optim_config, nnx.state(model, nnx.Param))
+  graphdef, state = steps.create_train_state(model, tx, ema_decay=0.0)
+  train_step = jax.jit(
+      steps.make_train_step(graphdef, tx, optax.constant_schedule(1e-3), label_smoothing=0.1,
+                            mean=MEAN, std=STD, ema_decay=0.0),
+      donate_argnums=0)
+  eval_step = jax.jit(steps.make_eval_step(graphdef, label_smoothing=0.1, mean=MEAN, std=STD))
+  rng = np.random.default_rng(0)
+  batch = {
+      "image": jnp.asarray(rng.integers(0, 256, (args.batch, args.res, args.res, 3), np.uint8)),
+      "label": jnp.asarray(rng.integers(0, 1000, (args.batch,), np.int32)),
+      "mask": jnp.ones((args.batch,), bool),
+  }
+  train_batch = {k: batch[k] for k in ("image", "label")}
+
+  start = time.perf_counter()
+  train_compiled = train_step.lower(state, train_batch).compile()
+  compile_train = time.perf_counter() - start
+  start = time.perf_counter()
+  eval_compiled = eval_step.lower(state.params, state.batch_stats, state.rngs, batch).compile()
+  compile_eval = time.perf_counter() - start
+
+  holder = {"state": state}
+
+  def train() -> Any:
+    holder["state"], m = train_compiled(holder["state"], train_batch)
+    return m
+
+  def evaluate() -> Any:
+    s = holder["state"]
+    return eval_compiled(s.params, s.batch_stats, s.rngs, batch)
+
+  sync = jax.block_until_ready
+  for _ in range(args.warmup):
+    sync(train())
+    sync(evaluate())
+  train_times = _timed_runs(train, sync, args.steps, args.repeats)
+  eval_times = _timed_runs(evaluate, sync, args.steps, args.repeats)
+  device = jax.devices()[0]
+  stats = device.memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use") or _host_peak_bytes()
+  return dict(name=f"jax depthwise={model.opts.depthwise}" + (" remat" if args.remat else ""),
+              device=device.device_kind, compile_s=compile_train + compile_eval,
+              train_s=train_times, eval_s=eval_times, peak_bytes=peak)
+
+
+def _torch_model(arch: str) -> tuple[Any, str]:
+  """timm's native EfficientNet when timm imports, else geffnet's (timm's predecessor)."""
+  for module_name in ("timm", "geffnet"):
+    try:
+      module = __import__(module_name)
+    except ImportError:
+      continue
+    for name in (f"efficientnet_{arch}", f"tf_efficientnet_{arch}"):
+      try:
+        return module.create_model(name, num_classes=1000), f"{module_name} {name}"
+      except (RuntimeError, KeyError, ValueError):
+        continue
+  raise SystemExit("--vs-torch needs timm or geffnet (make venv-test installs geffnet).")
+
+
+def run_torch(args: argparse.Namespace) -> dict[str, Any]:
+  """Times the PyTorch reference: channels_last, eager, autocast for bfloat16."""
+  import torch
+
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  model, name = _torch_model(args.arch)
+  model = model.to(device, memory_format=torch.channels_last)
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+  loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+  mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
+  std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
+  gen = torch.Generator().manual_seed(0)
+  images = torch.randint(0, 256, (args.batch, args.res, args.res, 3), dtype=torch.uint8,
+                         generator=gen).to(device)
+  labels = torch.randint(0, 1000, (args.batch,), generator=gen).to(device)
+  autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+
+  def prepare() -> Any:
+    x = images.permute(0, 3, 1, 2).float()
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+  def train() -> Any:
+    model.train()
+    with autocast:
+      loss = loss_fn(model(prepare()), labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+  def evaluate() -> Any:
+    model.eval()
+    with torch.inference_mode(), autocast:
+      return model(prepare())
+
+  def sync(_: Any) -> None:
+    if device.type == "cuda":
+      torch.cuda.synchronize()
+
+  for _ in range(args.warmup):
+    sync(train())
+    sync(evaluate())
+  train_times = _timed_runs(train, sync, args.steps, args.repeats)
+  eval_times = _timed_runs(evaluate, sync, args.steps, args.repeats)
+  if device.type == "cuda":
+    peak, kind = torch.cuda.max_memory_allocated(), torch.cuda.get_device_name()
+  else:
+    peak, kind = _host_peak_bytes(), "cpu"
+  return dict(name=f"torch {name} channels_last", device=kind, compile_s=0.0,
+              train_s=train_times, eval_s=eval_times, peak_bytes=peak)
+
+
+def _summarize(result: dict[str, Any], batch: int) -> dict[str, Any]:
+  def rate(times: list[float]) -> dict[str, float]:
+    return dict(median=batch / statistics.median(times), min=batch / max(times),
+                max=batch / min(times))
+
+  return dict(result, train_img_s=rate(result["train_s"]), eval_img_s=rate(result["eval_s"]))
+
+
+def format_table(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | None) -> str:
+  header = (f"{'contender':<44}{'compile s':>10}{'train img/s (min-max)':>26}"
+            f"{'eval img/s':>12}{'peak GB':>9}{'train x':>9}{'eval x':>8}")
+  lines = [header, "-" * len(header)]
+  for r in rows:
+    t, e = r["train_img_s"], r["eval_img_s"]
+    ratio_t = ratio_e = ""
+    if reference is not None:
+      ratio_t = f"{t['median'] / reference['train_img_s']['median']:.2f}"
+      ratio_e = f"{e['median'] / reference['eval_img_s']['median']:.2f}"
+    spread = f"{t['median']:.1f} ({t['min']:.1f}-{t['max']:.1f})"
+    lines.append(f"{r['name']:<44}{r['compile_s']:>10.1f}{spread:>26}{e['median']:>12.1f}"
+                 f"{r['peak_bytes'] / 2**30:>9.2f}{ratio_t:>9}{ratio_e:>8}")
+  return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m efficientnet_jax.benchmark step",
+                              description=__doc__.split("\n\n")[0])
+  p.add_argument("--arch", default="b0")
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--res", type=int, default=0, help="Image size; 0 = the variant's resolution.")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--depthwise", default="auto",
+                 help="Comma-separated depthwise implementations to time: auto, conv, shifted.")
+  p.add_argument("--remat", action="store_true", help="Rematerialise each block (less memory).")
+  p.add_argument("--vs-torch", action="store_true", help="Also time the PyTorch reference.")
+  p.add_argument("--steps", type=int, default=5, help="Steps per timed run.")
+  p.add_argument("--repeats", type=int, default=3, help="Timed runs (median, min-max reported).")
+  p.add_argument("--warmup", type=int, default=2, help="Untimed steps after compilation.")
+  p.add_argument("--json", default="", help="Also write the results to this JSON file.")
+  p.add_argument("--worker", default="", choices=("", "jax", "torch"), help=argparse.SUPPRESS)
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  args = _parser().parse_args(argv)
+  if not args.res:
+    from efficientnet_jax.models import get_variant
+    args.res = get_variant(args.arch).resolution
+  if args.worker:
+    result = run_jax(args) if args.worker == "jax" else run_torch(args)
+    print(json.dumps(result))
+    return
+  base = [sys.executable, "-m", "efficientnet_jax.benchmarks.step", f"--arch={args.arch}",
+          f"--batch={args.batch}", f"--res={args.res}", f"--dtype={args.dtype}",
+          f"--steps={args.steps}", f"--repeats={args.repeats}", f"--warmup={args.warmup}"]
+  commands = [base + ["--worker=jax", f"--depthwise={d}"] + (["--remat"] if args.remat else [])
+              for d in args.depthwise.split(",")]
+  if args.vs_torch:
+    commands.append(base + ["--worker=torch"])
+  rows = []
+  for command in commands:
+    print("running:", " ".join(command[2:]), flush=True)
+    proc = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+    if proc.returncode != 0:
+      raise SystemExit(f"benchmark worker failed:\n{proc.stderr[-4000:]}")
+    rows.append(_summarize(json.loads(proc.stdout.strip().splitlines()[-1]), args.batch))
+  reference = rows[-1] if args.vs_torch else None
+  print(f"\n{args.arch} {args.res}x{args.res} batch {args.batch} {args.dtype} on {rows[0]['device']}"
+        + (f" (torch on {reference['device']})" if reference else ""))
+  print(format_table(rows, reference))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(dict(config=vars(args), results=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,33 @@
+"""The step benchmark's workers and report, on tiny shapes."""
+
+import pytest
+
+from efficientnet_jax.benchmarks import step
+
+
+def _args(**overrides):
+  args = step._parser().parse_args(["--arch=b0", "--batch=2", "--res=32", "--steps=1",
+                                    "--repeats=2", "--warmup=1"])
+  for k, v in overrides.items():
+    setattr(args, k, v)
+  return args
+
+
+def test_jax_worker_times_our_train_and_eval_steps():
+  result = step.run_jax(_args(depthwise="shifted"))
+  assert result["name"] == "jax depthwise=shifted"
+  assert len(result["train_s"]) == 2 and all(t > 0 for t in result["train_s"] + result["eval_s"])
+  assert result["compile_s"] > 0 and result["peak_bytes"] > 0
+
+
+@pytest.mark.torch
+def test_torch_worker_and_ratio_table():
+  ours = step._summarize(dict(name="ours", device="cpu", compile_s=1.0, train_s=[0.5, 1.0, 2.0],
+                              eval_s=[0.1], peak_bytes=2**30), batch=2)
+  assert ours["train_img_s"] == dict(median=2.0, min=1.0, max=4.0)
+  ref = step._summarize(step.run_torch(_args()), batch=2)
+  assert ref["name"].startswith("torch ") and ref["train_img_s"]["median"] > 0
+  table = step.format_table([ours, ref], ref)
+  ratio = ours["train_img_s"]["median"] / ref["train_img_s"]["median"]
+  assert f"{ratio:.2f}" in table.splitlines()[2]
+  assert table.splitlines()[3].split()[-2:] == ["1.00", "1.00"]
