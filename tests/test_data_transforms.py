@@ -125,3 +125,10 @@ def test_undecodable_bytes_name_the_file():
   record = {"image": b"garbage", "label": 0, "bbox": np.zeros(4), "file_name": "cars/1.jpg"}
   with pytest.raises(DataError, match="cars/1.jpg"):
     T.EvalTransform(T.Options()).map(record)
+
+
+def test_mean_rgb_of_rgb_and_gray_images():
+  pixels = np.zeros((4, 4, 3), np.uint8)
+  pixels[:2] = (200, 100, 0)
+  np.testing.assert_allclose(T.mean_rgb(Image.fromarray(pixels)), [100, 50, 0], atol=1)
+  np.testing.assert_allclose(T.mean_rgb(Image.new("L", (3, 3), 77)), [77, 77, 77])

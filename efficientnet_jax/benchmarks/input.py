@@ -13,6 +13,7 @@ similar bits per pixel) and prepares them in a temporary folder. It reports:
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import importlib.util
 import json
@@ -23,7 +24,6 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from PIL import ImageStat
 
 from efficientnet_jax.data import pipeline, preparation, source, synthetic, transforms as T
 
@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--batches", type=int, default=20, help="Timed pipeline batches.")
   p.add_argument("--images", type=int, default=300, help="Timed single-core images.")
   p.add_argument("--synthetic_images", type=int, default=256)
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="Override a config.data field, e.g. --set train_warp=nearest.")
   p.add_argument("--json", default="", help="Also write the results to this file.")
   return p
 
@@ -63,6 +65,14 @@ def _config(args: argparse.Namespace, workdir: str):
     config.tfds_dir = os.path.join(workdir, "tfds")
   config.image_size = args.image_size
   config.workers = args.workers
+  for assignment in args.set:
+    field, _, value = assignment.partition("=")
+    if field not in config:
+      raise SystemExit(f"--set {assignment}: config.data has no field {field!r}.")
+    try:
+      config[field] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      config[field] = value
   return config
 
 
@@ -81,8 +91,7 @@ def _staged_train(options: T.Options, record: dict, rng: np.random.Generator,
                  options.fill)
   t2 = time.perf_counter()
   if T.has_colour_jitter(options):
-    mean_rgb = np.resize(ImageStat.Stat(image.reduce(4)).mean, 3)
-    image = T.apply_colour(image, T.colour_matrix(rng, mean_rgb, options))
+    image = T.apply_colour(image, T.colour_matrix(rng, T.mean_rgb(image), options))
   t3 = time.perf_counter()
   array = T.to_array(image)
   t4 = time.perf_counter()

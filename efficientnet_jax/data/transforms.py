@@ -17,7 +17,7 @@ from typing import Any
 import grain
 import ml_collections
 import numpy as np
-from PIL import Image, ImageStat
+from PIL import Image
 
 from efficientnet_jax.data.errors import DataError
 
@@ -273,6 +273,11 @@ def apply_colour(image: Image.Image, matrix: np.ndarray) -> Image.Image:
   return image.point(lut.tolist())
 
 
+def mean_rgb(image: Image.Image) -> np.ndarray:
+  """Mean pixel as RGB (a gray image's mean thrice), via a C box reduction to 1x1."""
+  return np.resize(np.asarray(image.reduce(image.size), np.float64).reshape(-1), 3)
+
+
 def has_colour_jitter(options: Options) -> bool:
   return bool(options.brightness or options.contrast or
               (options.channels == 3 and (options.saturation or options.hue)))
@@ -301,8 +306,7 @@ class TrainTransform(grain.transforms.RandomMap):
     image, box = load(image, o.mode, geometry.box, out, o.jpeg_draft, element["file_name"])
     image = warp(image, dataclasses.replace(geometry, box=box), out, o.train_warp, o.fill)
     if has_colour_jitter(o):
-      mean_rgb = np.resize(ImageStat.Stat(image.reduce(4)).mean, 3)  # Gray: the mean thrice.
-      image = apply_colour(image, colour_matrix(rng, mean_rgb, o))
+      image = apply_colour(image, colour_matrix(rng, mean_rgb(image), o))
     return {"image": to_array(image), "label": np.int32(element["label"])}
 
 
