@@ -116,7 +116,9 @@ def test_two_worker_processes_match_in_process_batches_and_resume(config):
   c.workers = 2
   make = lambda cfg: pipeline.train_iterator(cfg, global_batch_size=4, seed=3,
                                              process_index=0, process_count=1)
-  expected = _take(make(config), 6)
+  reference = make(config)
+  expected = _take(reference, 6)
+  reference.close()
   it = make(c)
   try:
     _assert_same(_take(it, 3), expected[:3])
