@@ -118,6 +118,9 @@ def _train() -> ml_collections.ConfigDict:
   t.log_every_steps = 50  # Console line and TensorBoard train scalars every N steps.
   t.num_sample_images = 16  # Augmented training images written to TensorBoard at the start.
   t.stop_at_step = -1  # Act as if preempted at this global step (save, exit); -1 = never.
+  # With model.pretrained: "weights" takes mean/std, eval interpolation and crop_pct from
+  # the weights' input convention (overriding config.data); "config" keeps config.data's.
+  t.input_convention = "weights"
   return t
 
 

@@ -46,6 +46,9 @@ class Checkpoints:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep_best, best_fn=lambda m: m[BEST_METRIC], best_mode="max",
             enable_async_checkpointing=cfg.async_save, create=True))
+    # Validation top-1 of the kept best checkpoints (Orbax's metrics of a step still
+    # being written are not readable yet, so they are tracked here).
+    self._best_values = sorted(self.best.metrics(s)[BEST_METRIC] for s in self.best.all_steps())
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -72,15 +75,13 @@ class Checkpoints:
 
   def is_among_best(self, value: float) -> bool:
     """Whether a model with validation top-1 `value` belongs among the best K kept."""
-    steps = self.best.all_steps()
-    if len(steps) < self.keep_best:
-      return True
-    return value > min(self.best.metrics(s)[BEST_METRIC] for s in steps)
+    return len(self._best_values) < self.keep_best or value > min(self._best_values)
 
   def save_best(self, step: int, model: Any, meta: dict[str, Any], value: float) -> None:
     self.best.save(step, args=ocp.args.Composite(
         model=ocp.args.StandardSave(model), meta=ocp.args.JsonSave(meta)),
         metrics={BEST_METRIC: value}, force=True)
+    self._best_values = sorted(self._best_values + [value])[-self.keep_best:]
 
   def restore_best(self, target_model: Any) -> tuple[Any, dict[str, Any]] | None:
     """(model variables, meta) of the best checkpoint, or None if there is none."""
@@ -98,8 +99,15 @@ class Checkpoints:
     self.best.wait_until_finished()
 
   def close(self) -> None:
+    """Waits for pending writes and releases the managers."""
     self.latest.close()
     self.best.close()
+
+  def __enter__(self) -> Checkpoints:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
 
 class StopSignal:

@@ -4,7 +4,9 @@
 No `from __future__ import annotations` here: clu reads the Collection annotations.
 """
 
+import contextlib
 import json
+import logging as logging_lib
 import os
 import subprocess
 import time
@@ -85,6 +87,21 @@ def scalars(collection: clu_metrics.Collection, prefix: str) -> dict[str, float]
     if value.ndim == 0:
       out[f"{prefix}/{name}"] = float(value)
   return out
+
+
+def classification_report(counts: np.ndarray, class_names: tuple[str, ...],
+                          hardest: int = 10) -> dict[str, Any]:
+  """Per-class accuracy and the `hardest` classes (lowest accuracy) from a confusion matrix."""
+  counts = np.asarray(counts)
+  support = counts.sum(axis=1)
+  accuracy = np.divide(np.diag(counts), support, out=np.zeros(len(counts)), where=support > 0)
+  order = [i for i in np.argsort(accuracy, kind="stable") if support[i] > 0][:hardest]
+  return {
+      "num_examples": int(support.sum()),
+      "per_class_accuracy": {name: float(a) for name, a in zip(class_names, accuracy)},
+      "hardest_classes": [{"label": int(i), "class": class_names[i], "accuracy": float(accuracy[i]),
+                           "num_examples": int(support[i])} for i in order],
+  }
 
 
 # --- Writers and run info -------------------------------------------------------------
@@ -181,7 +198,17 @@ def confusion_image(counts: np.ndarray, cell: int | None = None) -> np.ndarray:
   return (white + frac[..., None] * (blue - white)).round().astype(np.uint8)
 
 
-# --- Console --------------------------------------------------------------------------
+# --- Timing and console --------------------------------------------------------------------------
+
+
+def quiet_library_logs() -> None:
+  """Console: INFO lines of this package only; libraries (Orbax, TFDS, Grain) from WARNING."""
+  package = os.path.dirname(os.path.abspath(__file__))
+
+  def keep(record: logging_lib.LogRecord) -> bool:
+    return record.levelno >= logging_lib.WARNING or record.pathname.startswith(package)
+
+  logging.get_absl_handler().addFilter(keep)
 
 
 class Progress:
@@ -190,30 +217,67 @@ class Progress:
   def __init__(self, total_steps: int, start_step: int, global_batch: int):
     self.total_steps = total_steps
     self.global_batch = global_batch
-    self._start = (time.perf_counter(), start_step)
-    self._last = self._start
+    self._last = (time.perf_counter(), start_step)
+    self._first: tuple[float, int] | None = None  # After the first (compiling) interval.
 
   def timing(self, step: int) -> dict[str, float]:
     """Seconds per step and images/s since the previous call (call after a host sync)."""
     now = time.perf_counter()
     t0, s0 = self._last
     self._last = (now, step)
+    if self._first is None:
+      self._first = (now, step)
     steps = max(step - s0, 1)
     return {"perf/step_time": (now - t0) / steps,
             "perf/images_per_sec": steps * self.global_batch / max(now - t0, 1e-9)}
 
   def eta_seconds(self, step: int) -> float:
-    t0, s0 = self._start
-    done = step - s0
-    if done <= 0:
+    """Remaining time at the average pace since the first interval (nan before)."""
+    if self._first is None or step <= self._first[1]:
       return float("nan")
-    return (time.perf_counter() - t0) / done * (self.total_steps - step)
+    t0, s0 = self._first
+    return (time.perf_counter() - t0) / (step - s0) * (self.total_steps - step)
 
-  def log(self, step: int, epoch: int, num_epochs: int, values: Mapping[str, float]) -> None:
+  def log(self, step: int, epoch: int, num_epochs: int, scalars: Mapping[str, float]) -> None:
+    """One console line from train and perf scalars; `epoch` is 1-based."""
     if jax.process_index() > 0:
       return
-    shown = " ".join(f"{k.split('/', 1)[-1]}={v:.4g}" for k, v in values.items())
     eta = self.eta_seconds(step)
     eta_text = "?" if np.isnan(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
-    logging.info("epoch %d/%d step %d/%d (%.0f%%) %s ETA %s", epoch + 1, num_epochs, step,
-                 self.total_steps, 100.0 * step / max(self.total_steps, 1), shown, eta_text)
+    logging.info(
+        "epoch %d/%d step %d/%d (%.0f%%) loss=%.4f acc=%.3f lr=%.2e %.1f img/s %.3f s/step ETA %s",
+        epoch, num_epochs, step, self.total_steps, 100.0 * step / max(self.total_steps, 1),
+        scalars["train/loss"], scalars["train/accuracy"], scalars["train/learning_rate"],
+        scalars["perf/images_per_sec"], scalars["perf/step_time"], eta_text)
+
+
+class Throughput:
+  """Training images/s of a session, excluding the first (compiling) step and pauses."""
+
+  def __init__(self):
+    self._start: float | None = None
+    self._images = 0
+    self._paused = 0.0
+
+  def step(self, state: Any, batch_size: int) -> None:
+    """Call after dispatching each train step."""
+    if self._start is None:
+      jax.block_until_ready(state)  # The first step compiles; time the ones after it.
+      self._start = time.perf_counter()
+    else:
+      self._images += batch_size
+
+  @contextlib.contextmanager
+  def paused(self, state: Any):
+    """Time spent inside (e.g. validation) does not count."""
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    yield
+    self._paused += time.perf_counter() - start
+
+  def images_per_sec(self, state: Any) -> float | None:
+    """Waits for the dispatched steps; None before two steps have run."""
+    if not self._images:
+      return None
+    jax.block_until_ready(state)
+    return self._images / (time.perf_counter() - self._start - self._paused)
