@@ -1,0 +1,89 @@
+"""The input convention that travels with a set of weights.
+
+A network only reproduces its published accuracy on inputs prepared the way it was
+trained: same normalization, value range, resize interpolation and eval crop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from efficientnet_jax.models import specs
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+# Official TF EfficientNet-Lite: (x - 127) / 128 on 0-255 pixels.
+TF_LITE_MEAN = (127.0 / 255,) * 3
+TF_LITE_STD = (128.0 / 255,) * 3
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConvention:
+  """How to turn uint8 pixels into the network's input.
+
+  Pixels 0..255 are mapped linearly onto `value_range`, then normalized per channel by
+  (x - mean) / std, mean and std in the units of `value_range`. At eval, the image is resized (`interpolation`) so that a centre crop
+  of `crop_pct` of it is `image_size` pixels square.
+  """
+
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  value_range: tuple[float, float] = (0.0, 1.0)
+  interpolation: str = "bicubic"
+  crop_pct: float = 0.875
+  image_size: int = 224
+
+  def for_channels(self, in_channels: int) -> InputConvention:
+    """The convention for a 1-channel (grayscale) model: the RGB statistics averaged."""
+    if in_channels == len(self.mean):
+      return self
+    if in_channels != 1:
+      raise ValueError(f"in_channels must be 1 or {len(self.mean)}, got {in_channels}.")
+    return dataclasses.replace(
+        self, mean=(float(np.mean(self.mean)),), std=(float(np.mean(self.std)),))
+
+  def normalize(self, pixels: np.ndarray) -> np.ndarray:
+    """uint8 [..., H, W, C] pixels -> float32 network input."""
+    low, high = self.value_range
+    x = pixels.astype(np.float32) * np.float32((high - low) / 255.0) + np.float32(low)
+    return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, data: dict) -> InputConvention:
+    return cls(
+        mean=tuple(data["mean"]), std=tuple(data["std"]),
+        value_range=tuple(data["value_range"]), interpolation=data["interpolation"],
+        crop_pct=float(data["crop_pct"]), image_size=int(data["image_size"]))
+
+
+def tf_crop_pct(image_size: int) -> float:
+  """The official TF eval crop: resize to size + 32, centre-crop size."""
+  return round(image_size / (image_size + 32), 3)
+
+
+# timm's native weights are evaluated at a larger size than they were trained at, uncropped.
+_TIMM_NATIVE_EVAL = {"b0": (224, 0.875), "b1": (256, 1.0), "b2": (288, 1.0), "b3": (320, 1.0),
+                     "b4": (384, 1.0)}
+
+
+def default_convention(source: str, arch: str) -> InputConvention:
+  """The published eval convention of ImageNet weights from `source` for `arch`."""
+  variant = specs.get_variant(arch)
+  size = variant.resolution
+  tf_trained = source in ("timm-tf", "lukemelas")
+  if variant.lite and tf_trained:
+    # timm's ports of TF Lite rescale to [-1, 1]; the lukemelas-layout Lite ports keep
+    # TF's (x - 127) / 128.
+    mean, std = (INCEPTION_MEAN, INCEPTION_STD) if source == "timm-tf" else (TF_LITE_MEAN, TF_LITE_STD)
+    return InputConvention(mean, std, crop_pct=tf_crop_pct(size), image_size=size)
+  if tf_trained:
+    return InputConvention(IMAGENET_MEAN, IMAGENET_STD, crop_pct=tf_crop_pct(size), image_size=size)
+  size, crop = _TIMM_NATIVE_EVAL.get(arch, (size, 0.875))
+  return InputConvention(IMAGENET_MEAN, IMAGENET_STD, crop_pct=crop, image_size=size)
