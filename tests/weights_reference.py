@@ -1,0 +1,80 @@
+"""Reference PyTorch EfficientNets for the weight-port tests, and helpers to compare."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+
+
+def randomize(model: torch.nn.Module, blocks: list[torch.nn.Module], calibration: np.ndarray,
+              seed: int = 0) -> torch.nn.Module:
+  """Random BatchNorm affines and statistics and an O(1)-logit classifier; eval mode.
+
+  Fresh BatchNorms (mean 0, var 1, identity affine) would hide a swapped mean/var or
+  scale/bias. Each BatchNorm's statistics are those of its input on the calibration
+  batch (eval mode, network order), perturbed at random so that a port normalizing with
+  batch statistics would fail; activations stay near unit scale, so the logits depend
+  on the input. Each block's last BatchNorm gets a small scale, as in trained networks:
+  a random deep BN network is otherwise chaotic (rounding noise grows ~1000x).
+  """
+  g = torch.Generator().manual_seed(seed)
+
+  def calibrate(bn: torch.nn.BatchNorm2d, inputs: tuple[torch.Tensor]) -> None:
+    x = inputs[0].transpose(0, 1).flatten(1)
+    n = bn.num_features
+    bn.running_var.copy_(x.var(1) * (torch.rand(n, generator=g) * 0.4 + 0.8))
+    bn.running_mean.copy_(x.mean(1) + torch.randn(n, generator=g) * 0.1 * x.std(1))
+
+  bns = _batchnorms(model)
+  block_outputs = {id(_batchnorms(b)[-1]) for b in blocks}
+  model.eval()
+  with torch.no_grad():
+    for bn in bns:
+      scale = 0.2 if id(bn) in block_outputs else 1.0
+      bn.weight.copy_((torch.rand(bn.num_features, generator=g) * 0.5 + 0.75) * scale)
+      bn.bias.copy_(torch.randn(bn.num_features, generator=g) * 0.1)
+    hooks = [bn.register_forward_pre_hook(calibrate) for bn in bns]
+    model(torch.from_numpy(calibration))
+    for hook in hooks:
+      hook.remove()
+    fc = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    fc.weight.copy_(torch.randn(fc.weight.shape, generator=g) * 0.5 / fc.in_features ** 0.5)
+    fc.bias.copy_(torch.randn(fc.bias.shape, generator=g) * 0.1)
+  return model
+
+
+def _batchnorms(module: torch.nn.Module) -> list[torch.nn.BatchNorm2d]:
+  return [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
+  return {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+
+def random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+  """A normalized-looking NCHW float32 batch."""
+  return np.random.default_rng(seed).standard_normal((n, 3, size, size)).astype(np.float32)
+
+
+def torch_logits(model: torch.nn.Module, nchw: np.ndarray) -> np.ndarray:
+  with torch.no_grad():
+    return model(torch.from_numpy(nchw)).numpy()
+
+
+def float64_logits(model: torch.nn.Module, nchw: np.ndarray) -> np.ndarray:
+  """The reference's logits in float64: the truth both float32 versions approximate."""
+  with torch.no_grad():
+    logits = model.double()(torch.from_numpy(nchw).double()).numpy()
+  model.float()
+  return logits
+
+
+_forward = nnx.jit(lambda model, x: model(x))
+
+
+def jax_logits(model: nnx.Module, nchw: np.ndarray) -> np.ndarray:
+  """Our model's eval logits for the same batch (NCHW -> NHWC)."""
+  model.eval()
+  return np.asarray(_forward(model, jnp.asarray(nchw.transpose(0, 2, 3, 1))))
