@@ -238,9 +238,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   rows = []
   for command in commands:
     print("running:", " ".join(command[2:]), flush=True)
-    proc = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+    # The worker's log (compilation warnings, errors) goes straight to our stderr.
+    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     if proc.returncode != 0:
-      raise SystemExit(f"benchmark worker failed:\n{proc.stderr[-4000:]}")
+      raise SystemExit(f"benchmark worker failed (exit {proc.returncode}); its log is above.")
     rows.append(_summarize(json.loads(proc.stdout.strip().splitlines()[-1]), args.batch))
   reference = rows[-1] if args.vs_torch else None
   print(f"\n{args.arch} {args.res}x{args.res} batch {args.batch} {args.dtype} on {rows[0]['device']}"
