@@ -18,7 +18,8 @@ from __future__ import annotations
 from absl import app, flags
 
 from efficientnet_jax.models import VARIANTS
-from efficientnet_jax.weights import SOURCE_NAMES, PortedWeights, convert_checkpoint, save_weights
+from efficientnet_jax.weights import (SOURCE_NAMES, PortedWeights, WeightsError, convert_checkpoint,
+                                      save_weights)
 
 FLAGS = flags.FLAGS
 
@@ -47,7 +48,10 @@ def describe(weights: PortedWeights) -> str:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  weights = convert(FLAGS.input, FLAGS.output, arch=FLAGS.arch, source=FLAGS.source)
+  try:
+    weights = convert(FLAGS.input, FLAGS.output, arch=FLAGS.arch, source=FLAGS.source)
+  except (WeightsError, FileNotFoundError) as e:
+    raise SystemExit(f"Error: {e}") from None
   print(f"Converted {FLAGS.input} -> {FLAGS.output}\n{describe(weights)}")
 
 

@@ -15,7 +15,7 @@ from absl import app, flags
 from flax import nnx
 from PIL import Image
 
-from efficientnet_jax.weights import InputConvention, create_pretrained, resolve_weights
+from efficientnet_jax.weights import InputConvention, WeightsError, create_pretrained, resolve_weights
 
 FLAGS = flags.FLAGS
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
@@ -55,7 +55,11 @@ def main(argv: list[str]) -> None:
   paths = argv[1:]
   if not paths:
     raise app.UsageError("Give at least one image path.")
-  for path, top in zip(paths, predict(FLAGS.weights, paths, FLAGS.top_k)):
+  try:
+    results = predict(FLAGS.weights, paths, FLAGS.top_k)
+  except (WeightsError, FileNotFoundError) as e:
+    raise SystemExit(f"Error: {e}") from None
+  for path, top in zip(paths, results):
     print(path)
     for index, prob, name in top:
       print(f"  {prob:6.3f}  {index:4d}  {name}")

@@ -11,6 +11,7 @@ or in one step: model, convention = create_pretrained("tf_efficientnet_b0", num_
 from efficientnet_jax.weights.cache import WeightsUnavailableError, cache_dir
 from efficientnet_jax.weights.convention import InputConvention
 from efficientnet_jax.weights.converter import ConversionError, convert_checkpoint, infer_arch
+from efficientnet_jax.weights.errors import WeightsError
 from efficientnet_jax.weights.known import KNOWN_WEIGHTS
 from efficientnet_jax.weights.loading import create_pretrained, load_pretrained, resolve_weights
 from efficientnet_jax.weights.ported import PortedWeights, load_weights, save_weights
@@ -18,7 +19,7 @@ from efficientnet_jax.weights.sources import SOURCE_NAMES, SOURCES
 
 __all__ = [
     "KNOWN_WEIGHTS", "SOURCES", "SOURCE_NAMES", "ConversionError", "InputConvention",
-    "PortedWeights", "WeightsUnavailableError", "cache_dir", "convert_checkpoint",
+    "PortedWeights", "WeightsError", "WeightsUnavailableError", "cache_dir", "convert_checkpoint",
     "create_pretrained", "infer_arch", "load_pretrained", "load_weights", "resolve_weights",
     "save_weights",
 ]

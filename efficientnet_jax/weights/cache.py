@@ -18,6 +18,7 @@ import tempfile
 import urllib.request
 
 from efficientnet_jax.weights.converter import convert_checkpoint
+from efficientnet_jax.weights.errors import WeightsError
 from efficientnet_jax.weights.known import KNOWN_WEIGHTS, KnownWeights, packaged_file
 from efficientnet_jax.weights.ported import PortedWeights, is_weights_dir, load_weights, save_weights
 
@@ -28,7 +29,7 @@ _DOWNLOAD_TIMEOUT_S = 60
 _HASH_SUFFIX = re.compile(r"-([0-9a-f]{8,64})\.\w+$")
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(WeightsError, RuntimeError):
   """Known weights are neither cached nor downloadable; the message says what to do."""
 
 

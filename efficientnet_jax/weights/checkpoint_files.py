@@ -6,11 +6,13 @@ import os
 
 import numpy as np
 
+from efficientnet_jax.weights.errors import WeightsError
+
 # Containers that training scripts wrap a state dict in, in order of preference.
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 
 
-class CheckpointReadError(ValueError):
+class CheckpointReadError(WeightsError, ValueError):
   """A checkpoint file cannot be read as a state dict."""
 
 
@@ -42,8 +44,11 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
         "checkpoint to .safetensors elsewhere, which needs no torch).") from None
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:
-    raise CheckpointReadError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+  except Exception as e:  # torch raises many types here; its messages run to pages.
+    raise CheckpointReadError(
+        f"{path} is not a PyTorch checkpoint of plain tensors (torch.load with weights_only=True "
+        f"failed: {type(e).__name__}). Convert a file saved by torch.save(model.state_dict(), ...) "
+        "or a .safetensors file.") from e
   if isinstance(obj, dict):
     for key in _WRAPPER_KEYS:
       if isinstance(obj.get(key), dict):

@@ -5,24 +5,27 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from flax import nnx
 
-from efficientnet_jax.models import specs
+from efficientnet_jax.models import create_model, specs
 from efficientnet_jax.weights import keymaps
 from efficientnet_jax.weights.checkpoint_files import read_checkpoint
 from efficientnet_jax.weights.class_names import default_class_names
 from efficientnet_jax.weights.convention import default_convention
+from efficientnet_jax.weights.errors import WeightsError
 from efficientnet_jax.weights.ported import PortedWeights
-from efficientnet_jax.weights.sources import Source, detect_layout, resolve_source
+from efficientnet_jax.weights.sources import (LUKEMELAS_LAYOUT, TIMM_LAYOUT, Source, detect_layout,
+                                              resolve_source)
 
 # Tensors whose names in a state dict are the same for every variant of a layout.
 _STEM_HEAD = {
-    "timm": ("conv_stem.weight", "conv_head.weight"),
-    "lukemelas": ("_conv_stem.weight", "_conv_head.weight"),
+    TIMM_LAYOUT: ("conv_stem.weight", "conv_head.weight"),
+    LUKEMELAS_LAYOUT: ("_conv_stem.weight", "_conv_head.weight"),
 }
 _MAX_LISTED = 12
 
 
-class ConversionError(ValueError):
+class ConversionError(WeightsError, ValueError):
   """A checkpoint does not fit the architecture: tensors missing, mis-shaped or unmapped."""
 
 
@@ -42,10 +45,6 @@ def infer_arch(tensors: dict[str, np.ndarray], layout: str) -> list[str]:
 
 def _target_shapes(arch: str, num_classes: int, in_channels: int) -> dict[str, tuple[int, ...]]:
   """Shapes of every tensor of our model's tree (no arrays are allocated)."""
-  from flax import nnx
-
-  from efficientnet_jax.models import create_model
-
   model = nnx.eval_shape(lambda: create_model(arch, num_classes=num_classes, in_channels=in_channels))
   state = nnx.to_flat_state(nnx.state(model, (nnx.Param, nnx.BatchStat)))
   return {"/".join(map(str, path)): tuple(v.shape) for path, v in state}
@@ -64,7 +63,8 @@ def convert_tensors(tensors: dict[str, np.ndarray], arch: str, source: Source,
                           f"{source.name!r} has the {source.layout!r} layout; pass --source=auto.")
   mappings = keymaps.tensor_map(arch, layout)
   by_target = {m.target: m for m in mappings}
-  classifier, stem = tensors.get(by_target["classifier/bias"].source), tensors.get(by_target["stem/conv/kernel"].source)
+  classifier = tensors.get(by_target["classifier/bias"].source)
+  stem = tensors.get(by_target["stem/conv/kernel"].source)
   num_classes = classifier.shape[0] if classifier is not None else 1000
   in_channels = stem.shape[1] if stem is not None and stem.ndim == 4 else 3
   targets = _target_shapes(arch, num_classes, in_channels)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
+from efficientnet_jax.weights.errors import WeightsError
+
 TIMM_LAYOUT = "timm"  # conv_stem, bn1, blocks.{stage}.{index}.conv_dw, …, classifier
 LUKEMELAS_LAYOUT = "lukemelas"  # _conv_stem, _bn0, _blocks.{n}._depthwise_conv, …, _fc
 
@@ -40,7 +42,7 @@ SOURCES: dict[str, Source] = {
 SOURCE_NAMES = ("auto",) + tuple(SOURCES)
 
 
-class SourceError(ValueError):
+class SourceError(WeightsError, ValueError):
   """The checkpoint's source cannot be determined or is not supported."""
 
 
