@@ -1,5 +1,5 @@
 r"""A complete run in about a minute on 2 CPU cores, on a tiny synthetic Stanford-Cars-like
-dataset generated on first use (4 classes, 64 px).
+dataset generated on first use (4 classes, 48 px).
 
   python -m efficientnet_jax.main --config=configs/demo.py --workdir=/tmp/demo_run
 
@@ -46,25 +46,26 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.dir = os.path.join(root, "stanford_cars_synthetic")
   config.data.tfds_dir = os.path.join(root, "tfds")
   config.data.val_fraction = 0.2
-  config.data.image_size = 64
+  config.data.image_size = 48
   config.data.workers = 0  # Decode in-process: the images are tiny and the cores are few.
   config.data.read_threads = 2
 
   config.model.name = "b0"
   config.model.num_classes = NUM_CLASSES
+  config.model.dropout_rate = 0.0
   config.model.bn_momentum = 0.9  # Running statistics must settle within a few dozen steps.
 
-  config.optim.lr = 2e-3
+  config.optim.lr = 5e-3
   config.optim.ema_decay = 0.9
-  config.optim.plateau.patience = 1
+  config.optim.plateau.patience = 2
   config.optim.plateau.threshold = 0.05
-  config.optim.early_stopping.patience = 3
+  config.optim.early_stopping.patience = 4
   config.optim.early_stopping.min_delta = 0.02
 
-  config.train.num_epochs = 12
+  config.train.num_epochs = 20
   config.train.batch_size = 16
-  config.train.log_every_steps = 3
+  config.train.log_every_steps = 6
 
-  config.checkpoint.every_steps = 10
+  config.checkpoint.every_steps = 20
   config.eval.batch_size = 32
   return config

@@ -123,6 +123,7 @@ class Plateau:
   best: float = math.inf
   num_bad: int = 0
   cooldown_left: int = 0
+  STATE = ("scale", "best", "num_bad", "cooldown_left")  # What a checkpoint restores.
 
   @classmethod
   def from_config(cls, optim: ml_collections.ConfigDict) -> Plateau:
@@ -157,6 +158,7 @@ class EarlyStopping:
   min_delta: float
   best: float = math.inf
   num_bad: int = 0
+  STATE = ("best", "num_bad")  # What a checkpoint restores.
 
   @classmethod
   def from_config(cls, optim: ml_collections.ConfigDict) -> EarlyStopping:

@@ -38,10 +38,15 @@ class HostState:
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
-  @classmethod
-  def from_json(cls, meta: dict[str, Any]) -> HostState:
-    return cls(**{**meta, "plateau": optim.Plateau(**meta["plateau"]),
-                  "early_stopping": optim.EarlyStopping(**meta["early_stopping"])})
+  def restore(self, meta: dict[str, Any]) -> None:
+    """Takes the saved progress; hyperparameters stay those of the current config."""
+    for tracker, saved in ((self.plateau, meta["plateau"]),
+                           (self.early_stopping, meta["early_stopping"])):
+      for field in tracker.STATE:
+        setattr(tracker, field, saved[field])
+    self.stopped_early = meta["stopped_early"]
+    self.best_val_top1 = meta["best_val_top1"]
+    self.wall_seconds = meta["wall_seconds"]
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -153,7 +158,7 @@ class Trainer:
                                           seed=config.seed)
     if ckpts.latest_step() is not None:
       self.state, meta = ckpts.restore_latest(self.state, self.train_iter)
-      self.host = HostState.from_json(meta)
+      self.host.restore(meta)
       logging.info("Resumed from %s at step %d.", workdir, ckpts.latest_step())
     self.step = int(self.state.step)
     self.wall_before = self.host.wall_seconds

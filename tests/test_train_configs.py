@@ -1,0 +1,57 @@
+"""Every shipped config loads through the --config flag and is self-consistent."""
+
+import glob
+import os
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from efficientnet_jax.models import specs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+
+
+def load_config(path: str, *overrides: str):
+  """Parses --config=path and --config.* overrides as main.py does."""
+  argv = ["prog", f"--config={path}", *overrides]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_loads_and_is_consistent(path):
+  config = load_config(path)
+  assert config.model.name in specs.VARIANTS
+  assert config.model.in_channels == config.data.channels
+  assert config.train.batch_size > 0 and config.eval.batch_size > 0
+  assert 0 < config.optim.plateau.factor < 1
+
+
+def test_variant_configs_use_native_resolution_and_matching_weights():
+  for i in range(8):
+    config = load_config(os.path.join(ROOT, "configs", f"b{i}_cars.py"))
+    assert config.model.name == f"b{i}"
+    assert config.data.image_size == specs.VARIANTS[f"b{i}"].resolution
+    assert config.model.pretrained == f"efficientnet-b{i}"
+
+
+def test_b0_cars_is_the_study_recipe():
+  c = load_config(os.path.join(ROOT, "configs", "b0_cars.py"))
+  assert (c.optim.lr, c.optim.weight_decay, c.train.batch_size, c.optim.label_smoothing) == (1e-3, 0.01, 32, 0.1)
+  assert (c.optim.plateau.factor, c.optim.plateau.patience, c.optim.plateau.threshold) == (0.1, 3, 1e-3)
+  assert (c.optim.early_stopping.patience, c.optim.early_stopping.min_delta) == (10, 1e-3)
+  assert c.train.num_epochs == 150 and c.model.dropout_rate == 0.0
+  gray = load_config(os.path.join(ROOT, "configs", "b0_cars_scratch_gray.py"))
+  assert gray.model.pretrained == "" and gray.model.in_channels == gray.data.channels == 1
+  assert gray.optim.weight_decay == 0.1 and gray.optim.plateau.patience == 7
+
+
+def test_command_line_overrides_apply():
+  config = load_config(os.path.join(ROOT, "configs", "b0_cars.py"), "--config.optim.lr=0.003",
+                 "--config.data.dir=/data/cars")
+  assert config.optim.lr == 0.003 and config.data.dir == "/data/cars"
