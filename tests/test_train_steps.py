@@ -95,10 +95,16 @@ def test_tiny_model_overfits_tiny_data(harness, data):
   assert int(harness.state.step) == 40
 
 
+def _set_lr_scale(harness, scale):
+  # Placed like the rest of the state, so the compiled step is reused.
+  harness.state = harness.state.replace(
+      lr_scale=parallel.replicate(jnp.asarray(scale, jnp.float32), harness.mesh))
+
+
 def test_learning_rate_follows_plateau_scale(harness, data):
-  harness.state = harness.state.replace(lr_scale=jnp.asarray(0.1, jnp.float32))
+  _set_lr_scale(harness, 0.1)
   assert float(harness.train(data)["learning_rate"]) == pytest.approx(1e-4)
-  harness.state = harness.state.replace(lr_scale=jnp.asarray(1.0, jnp.float32))
+  _set_lr_scale(harness, 1.0)
 
 
 def test_eval_ignores_padded_examples(harness, data):
