@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from efficientnet_jax import checkpoint, data, metrics, optim, parallel, steps
-from efficientnet_jax.models import create_model
+from efficientnet_jax.models import EfficientNet, create_model
 
 INPUT_CONVENTIONS = ("weights", "config")
 
@@ -63,7 +63,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   return config
 
 
-def create_model_from_config(config: ml_collections.ConfigDict):
+def create_model_from_config(config: ml_collections.ConfigDict) -> EfficientNet:
   """The model of config.model, with pretrained weights loaded when model.pretrained is set.
 
   With train.input_convention='weights', the weights' normalization, eval interpolation
