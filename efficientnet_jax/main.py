@@ -3,18 +3,24 @@ r"""Train EfficientNet on Stanford Cars.
   python -m efficientnet_jax.main --config=configs/b0_cars.py --workdir=runs/b0 \
       --config.data.dir=~/data/stanford_cars
 
-Rerunning with the same --workdir resumes from its latest checkpoint.
+Rerunning with the same --workdir resumes from its latest checkpoint. Several processes
+(hosts) join one run under SLURM `srun`, Open MPI `mpirun`, a Kubernetes Indexed Job, or
+with explicit --coordinator_address --num_processes --process_id (see launch/).
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from efficientnet_jax import metrics, train
+from efficientnet_jax import metrics, parallel, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training configuration file (see configs/).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard "
                                "events and results.json.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0 in a multi-process run.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -23,6 +29,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   metrics.quiet_library_logs()
+  parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -1,20 +1,134 @@
-"""Data parallelism: one mesh axis 'data' over all devices.
+"""Data parallelism: one mesh axis 'data' over all devices of all processes.
 
 The batch is split along 'data'; parameters and optimizer state are replicated. Inside
 a jitted step BatchNorm then computes its statistics over the global batch. The same
-code runs on 1 CPU, N forced CPU devices, N GPUs and (with jax.distributed) many hosts.
+code runs on 1 CPU, N forced CPU devices, N GPUs and (after `initialize`) many processes
+on many hosts, each feeding its share of the batch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+  """How this process joins a multi-process run.
+
+  `coordinator_address`, `num_processes` and `process_id` are None where JAX detects them
+  itself from the cluster named by `cluster` ('slurm', 'ompi').
+  """
+
+  source: str
+  coordinator_address: str | None = None
+  num_processes: int | None = None
+  process_id: int | None = None
+  cluster: str | None = None
+
+
+def _int_env(environ: Mapping[str, str], name: str) -> int | None:
+  value = environ.get(name)
+  if value in (None, ""):
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"Environment variable {name}={value!r} must be an integer.") from None
+
+
+def detect_launch(coordinator_address: str | None = None, num_processes: int | None = None,
+                  process_id: int | None = None,
+                  environ: Mapping[str, str] = os.environ) -> Launch | None:
+  """The multi-process launch this process is part of, or None for a single process.
+
+  In order: explicit values (main.py's --coordinator_address, --num_processes,
+  --process_id), else the environment variables JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID (JOB_COMPLETION_INDEX, set by a Kubernetes Indexed
+  Job or JobSet, stands in for the last); else an `srun` step of several SLURM tasks;
+  else an Open MPI job of several ranks (`mpirun`).
+  """
+  explicit = (coordinator_address, num_processes, process_id)
+  if any(v is not None for v in explicit):
+    source = "flags"
+  else:
+    source = "environment"
+    coordinator_address = environ.get("JAX_COORDINATOR_ADDRESS") or None
+    num_processes = _int_env(environ, "JAX_NUM_PROCESSES")
+    process_id = _int_env(environ, "JAX_PROCESS_ID")
+    if process_id is None and "JOB_COMPLETION_INDEX" in environ:
+      source, process_id = "kubernetes", _int_env(environ, "JOB_COMPLETION_INDEX")
+  if any(v is not None for v in (coordinator_address, num_processes, process_id)):
+    if num_processes == 1 and process_id in (None, 0):
+      return None
+    missing = [name for name, v in (("coordinator_address", coordinator_address),
+                                    ("num_processes", num_processes),
+                                    ("process_id", process_id)) if v is None]
+    if missing:
+      raise ValueError(
+          f"Multi-process launch ({source}) lacks {', '.join(missing)}: pass all of "
+          "--coordinator_address=HOST:PORT --num_processes=N --process_id=I (or set "
+          "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
+    if not 0 <= process_id < num_processes:
+      raise ValueError(f"process_id={process_id} must be in [0, num_processes={num_processes}).")
+    return Launch(source, coordinator_address, num_processes, process_id)
+  if (_int_env(environ, "SLURM_STEP_NUM_TASKS") or 1) > 1:  # Set inside `srun` steps only.
+    return Launch("slurm", cluster="slurm")
+  if (_int_env(environ, "OMPI_COMM_WORLD_SIZE") or 1) > 1:
+    return Launch("openmpi", cluster="ompi")
+  return None
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+  """Joins JAX's distributed runtime when launched as one of several processes (see
+  `detect_launch`); a no-op for a single process. Call before any other use of JAX."""
+  launch = detect_launch(coordinator_address, num_processes, process_id)
+  if launch is None:
+    return
+  if launch.cluster:
+    jax.distributed.initialize(cluster_detection_method=launch.cluster)
+  else:
+    # Every value is given: no cluster auto-detection, every local device is used
+    # (JAX_LOCAL_DEVICE_IDS still restricts them).
+    jax.distributed.initialize(launch.coordinator_address, launch.num_processes,
+                               launch.process_id, cluster_detection_method="deactivate")
+  logging.info("Process %d of %d (%s launch): %d local of %d global devices.",
+               jax.process_index(), jax.process_count(), launch.source,
+               jax.local_device_count(), jax.device_count())
+
+
+def is_main_process() -> bool:
+  """Process 0 writes the run's files (events, JSON, logs); the others only compute."""
+  return jax.process_index() == 0
+
+
+@contextlib.contextmanager
+def main_process_first(name: str) -> Iterator[None]:
+  """Process 0 runs the body first (e.g. preparing shared files), the others after it.
+
+  Every process must enter with the same `name`. A no-op barrier for one process.
+  """
+  if jax.process_count() == 1:
+    yield
+    return
+  if not is_main_process():
+    multihost_utils.sync_global_devices(name)
+  yield
+  if is_main_process():
+    multihost_utils.sync_global_devices(name)
 
 
 def create_mesh() -> Mesh:
@@ -43,8 +157,20 @@ def host_batch_size(global_batch: int, mesh: Mesh, field: str) -> int:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Copies a pytree of arrays onto every device of the mesh."""
-  return jax.device_put(tree, replicated(mesh))
+  """Copies a pytree of arrays onto every device of the mesh.
+
+  Every process must pass the same values; each fills its own devices from its copy
+  (`jax.device_put` would refuse arrays already placed on a device of this process).
+  """
+  sharding = replicated(mesh)
+
+  def put(x: Any) -> jax.Array:
+    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+  return jax.tree.map(put, tree)
 
 
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
