@@ -12,6 +12,7 @@ an interrupted save never damages the previous checkpoint.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -69,9 +70,29 @@ class Checkpoints:
     """
     step = self.latest.latest_step()
     restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract(target_state)), meta=ocp.args.JsonRestore(),
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        state=ocp.args.StandardRestore(abstract(target_state)), meta=ocp.args.JsonRestore()))
+    data_iterator.set_state(self._data_state(step))
     return restored.state, restored.meta
+
+  def _data_state(self, step: int) -> dict[str, Any]:
+    """This process's saved iterator position at `step`.
+
+    A checkpoint written by another number of processes has no file for this process:
+    process 0's is taken, as the position counts global batches (the same on every process).
+    """
+    folder = ocp.step.build_step_path(
+        self.latest.directory, ocp.step.standard_name_format(), step) / "data"
+    # Grain's CheckpointSave names the files process_<index>-of-<count>.json.
+    path = folder / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if not path.exists():
+      written = sorted(folder.glob("process_0-of-*.json"))
+      if not written:
+        raise FileNotFoundError(f"{folder}: no data iterator state (process_*-of-*.json); "
+                                "the checkpoint is incomplete: delete this step's folder.")
+      path = written[0]
+      logging.info("Checkpoint %d was written by another number of processes; data position "
+                   "from %s.", step, path.name)
+    return json.loads(path.read_text())
 
   def is_among_best(self, value: float) -> bool:
     """Whether a model with validation top-1 `value` belongs among the best K kept."""

@@ -141,7 +141,8 @@ class Trainer:
     parallel.host_batch_size(config.train.batch_size, self.mesh, "train.batch_size")
     parallel.host_batch_size(config.eval.batch_size, self.mesh, "eval.batch_size")
 
-    data.ensure_prepared(config.data)
+    with parallel.main_process_first("prepare_data"):  # Process 0 prepares; others then read.
+      data.ensure_prepared(config.data)
     self.class_names = data.class_names(config.data)
     _check_classes(config, self.class_names)
     model = create_model_from_config(config)
