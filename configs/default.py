@@ -23,6 +23,10 @@ def _model() -> ml_collections.ConfigDict:
   m.dtype = "float32"  # Compute dtype: float32 or bfloat16 (params and BN stay float32).
   m.depthwise = "auto"  # Depthwise conv: auto (per backend), conv (XLA grouped), shifted.
   m.freeze_bn = False  # Keep BatchNorm statistics frozen while training.
+  m.remat = False  # Recompute each block in the backward pass: less memory (B5-B7), ~30% slower.
+  # Fresh classifier init: "tf" U(+-1/sqrt(classes)) official; "torch" U(+-1/sqrt(features)),
+  # nn.Linear as in the original study; "zeros" (big_vision's fine-tuning head).
+  m.head_init = "tf"
   m.pretrained = ""  # Converted weights file, raw checkpoint or known name ("" = scratch).
   return m
 

@@ -74,7 +74,8 @@ def create_model_from_config(config: ml_collections.ConfigDict) -> EfficientNet:
       m.name, num_classes=m.num_classes, in_channels=m.in_channels, padding=m.padding,
       dropout_rate=m.dropout_rate, drop_connect_rate=m.drop_connect_rate,
       bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon, dtype=m.dtype,
-      depthwise=m.depthwise, freeze_bn=m.freeze_bn, seed=config.seed)
+      depthwise=m.depthwise, freeze_bn=m.freeze_bn, remat=m.remat, head_init=m.head_init,
+      seed=config.seed)
   if not m.pretrained:
     return model
   from efficientnet_jax import weights  # pylint: disable=g-import-not-at-top

@@ -272,3 +272,12 @@ def test_remat_gives_the_same_loss_gradients_and_batch_stats():
   atol = 1e-3 * max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g0))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=atol), g0, g1)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s0, s1)
+
+
+@pytest.mark.parametrize("head_init,bound", [("tf", 10**-0.5), ("torch", 1280**-0.5), ("zeros", 0.0)])
+def test_classifier_initializations(head_init, bound):
+  kernel = np.asarray(create_model("b0", num_classes=10, head_init=head_init).classifier.kernel[...])
+  assert np.abs(kernel).max() <= bound
+  assert np.abs(kernel).max() >= 0.95 * bound  # Uses the whole range (10k draws).
+  with pytest.raises(ValueError, match="model.head_init"):
+    create_model("b0", head_init="xavier")

@@ -11,6 +11,7 @@ from efficientnet_jax.models import layers, specs
 from efficientnet_jax.models.blocks import ConvBnAct, LayerOptions, MBConv, PointwiseBnAct
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+HEAD_INITS = ("tf", "torch", "zeros")
 
 
 class EfficientNet(nnx.Module):
@@ -24,12 +25,15 @@ class EfficientNet(nnx.Module):
   def __init__(self, name: str, *, num_classes: int, in_channels: int, padding: str,
                dropout_rate: float, drop_connect_rate: float, bn_momentum: float,
                bn_epsilon: float, dtype: str, depthwise: str, freeze_bn: bool, remat: bool,
-               seed: int):
+               head_init: str, seed: int):
     variant = specs.get_variant(name)
     if in_channels not in (1, 3):
       raise ValueError(f"model.in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels}.")
     if dtype not in DTYPES:
       raise ValueError(f"Unknown compute dtype {dtype!r} (config field model.dtype); use one of {tuple(DTYPES)}.")
+    if head_init not in HEAD_INITS:
+      raise ValueError(f"Unknown classifier init {head_init!r} (config field model.head_init); "
+                       f"use one of {HEAD_INITS}.")
     layers.pad_amounts(1, 1, 1, padding)  # Validates the padding name early.
     opts = LayerOptions(
         padding=padding, depthwise=layers.resolve_depthwise(depthwise), dtype=DTYPES[dtype],
@@ -47,9 +51,11 @@ class EfficientNet(nnx.Module):
     features = specs.head_channels(variant)
     self.head = PointwiseBnAct(self.block_specs[-1].out_channels, features, opts, init=init)
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
-    # TF's classifier initializer: U(-1/sqrt(num_classes), 1/sqrt(num_classes)).
+    # tf: U(+-1/sqrt(num_classes)) as the official TF code; torch: U(+-1/sqrt(features)) as
+    # nn.Linear (the original study's fresh head); zeros: big_vision's fine-tuning head.
+    bound = {"tf": num_classes**-0.5, "torch": features**-0.5, "zeros": 0.0}[head_init]
     self.classifier = layers.Dense(features, num_classes, use_bias=True, dtype=jnp.float32,
-                                   init=init, uniform_bound=num_classes**-0.5)
+                                   init=init, uniform_bound=bound)
     self.num_classes = num_classes
     self.remat = remat
     self.in_channels = in_channels
@@ -89,12 +95,14 @@ def create_model(
     depthwise: str = "auto",
     freeze_bn: bool = False,
     remat: bool = False,
+    head_init: str = "tf",
     seed: int = 0,
 ) -> EfficientNet:
   """Builds a named variant; `dropout_rate=None` (or < 0) takes the variant's default.
 
   remat=True recomputes each block's activations in the backward pass instead of
   storing them (jax.checkpoint per block): less memory for B5-B7 at full resolution.
+  head_init: the classifier's initialization, 'tf' (official), 'torch' or 'zeros'.
   """
   variant = specs.get_variant(name)
   if dropout_rate is None or dropout_rate < 0:
@@ -103,5 +111,5 @@ def create_model(
       name, num_classes=num_classes, in_channels=in_channels, padding=padding,
       dropout_rate=dropout_rate, drop_connect_rate=drop_connect_rate, bn_momentum=bn_momentum,
       bn_epsilon=bn_epsilon, dtype=dtype, depthwise=depthwise, freeze_bn=freeze_bn,
-      remat=remat, seed=seed,
+      remat=remat, head_init=head_init, seed=seed,
   )

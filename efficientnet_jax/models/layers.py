@@ -85,13 +85,13 @@ class Dense(nnx.Module):
   """y = x @ kernel (+ bias) over the last axis: 1x1 convolutions and the classifier.
 
   A 1x1 convolution runs as this matmul (same parameters, kernel (in, out)).
-  `uniform_bound` > 0 draws the kernel from U(-bound, bound) (TF's classifier init);
-  otherwise it is He-normal on fan-out (TF's conv init).
+  With `uniform_bound` the kernel is drawn from U(-bound, bound) (classifier inits; 0 gives
+  zeros); otherwise it is He-normal on fan-out (TF's conv init).
   """
 
   def __init__(self, in_ch: int, out_ch: int, *, use_bias: bool = False, dtype: jnp.dtype,
-               init: np.random.Generator, uniform_bound: float = 0.0):
-    if uniform_bound > 0:
+               init: np.random.Generator, uniform_bound: float | None = None):
+    if uniform_bound is not None:
       kernel = jnp.asarray(init.uniform(-uniform_bound, uniform_bound, (in_ch, out_ch)).astype(np.float32))
     else:
       kernel = he_normal(init, (in_ch, out_ch), out_ch)
