@@ -1,0 +1,203 @@
+"""Real multi-process training on CPU: 2 processes x 2 devices each (JAX's distributed
+runtime on localhost, gloo collectives), started by launch/local_multiprocess.sh, against
+1 process x 4 devices; the 2-process checkpoint restored and continued by 1 process;
+each process's share of the training and evaluation data.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from test_train_configs import load_config
+
+from efficientnet_jax import checkpoint, data, parallel, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, "configs", "demo.py")
+TIMEOUT = 600
+# One demo epoch (6 steps of 16 images, validation, test) at 32 px. No drop-path: its
+# per-example random masks follow batch positions, which differ between topologies (process
+# i feeds examples i, i + P, ... of each global batch). Adam's eps damps the sign-like first
+# updates that would turn rounding differences of near-zero gradients into +-lr steps.
+OVERRIDES = {"data.image_size": 32, "model.depthwise": "conv", "model.drop_connect_rate": 0.0,
+             "optim.lr": 1e-4, "optim.eps": 1e-3, "train.num_epochs": 1,
+             "train.log_every_steps": 1, "train.num_sample_images": 0, "eval.batch_size": 16}
+
+
+def flag_args(**overrides) -> list[str]:
+  return [f"--config.{k}={v}" for k, v in {**OVERRIDES, **overrides}.items()]
+
+
+def demo_config(**overrides):
+  return load_config(DEMO, *flag_args(**overrides))
+
+
+@pytest.fixture(scope="module")
+def demo_env(tmp_path_factory):
+  """Environment with a fresh demo data folder (prepared by the first run's process 0)."""
+  root = str(tmp_path_factory.mktemp("demo_data"))
+  os.environ["EFFICIENTNET_JAX_DEMO_DATA"] = root
+  yield {**os.environ, "JAX_PLATFORMS": "cpu"}
+  del os.environ["EFFICIENTNET_JAX_DEMO_DATA"]
+
+
+def _check(proc: subprocess.CompletedProcess, log_dir: str | None = None) -> None:
+  logs = proc.stderr[-4000:]
+  if log_dir:
+    for name in sorted(os.listdir(log_dir)):
+      logs += f"\n--- {name}\n" + open(os.path.join(log_dir, name)).read()[-3000:]
+  assert proc.returncode == 0, logs
+
+
+@pytest.fixture(scope="module")
+def runs(demo_env, tmp_path_factory):
+  """Workdirs of the same one-epoch run on 2 processes x 2 devices and 1 process x 4."""
+  base = tmp_path_factory.mktemp("runs")
+  multi, single, logs = str(base / "multi"), str(base / "single"), str(base / "logs")
+  proc = subprocess.run(
+      [os.path.join(ROOT, "launch", "local_multiprocess.sh"), "2", f"--config={DEMO}",
+       f"--workdir={multi}", *flag_args()], cwd=ROOT, capture_output=True, text=True,
+      timeout=TIMEOUT,
+      env={**demo_env, "PYTHON": sys.executable, "DEVICES_PER_PROCESS": "2", "LOG_DIR": logs})
+  _check(proc, logs)
+  proc = subprocess.run(
+      [sys.executable, "-m", "efficientnet_jax.main", f"--config={DEMO}", f"--workdir={single}",
+       *flag_args()], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
+      env={**demo_env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  _check(proc)
+  return {"multi": multi, "single": single, "logs": logs}
+
+
+def _train_losses(workdir: str) -> dict[int, float]:
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+
+  events = event_accumulator.EventAccumulator(workdir, size_guidance={"tensors": 0})
+  events.Reload()
+  return {e.step: float(tensor_util.make_ndarray(e.tensor_proto))
+          for e in events.Tensors("train/loss")}
+
+
+def _restore(workdir: str, **overrides):
+  """(step, params) of the latest checkpoint, restored by this 1-device process."""
+  config = train.resolve_config(demo_config(**overrides))
+  with checkpoint.Checkpoints(workdir, config.checkpoint) as ckpts:
+    trainer = train.Trainer(config, workdir, ckpts)
+    return trainer.step, jax.device_get(trainer.state.params)
+
+
+def test_two_processes_train_like_one_process_with_as_many_devices(runs):
+  multi_losses, single_losses = _train_losses(runs["multi"]), _train_losses(runs["single"])
+  assert sorted(multi_losses) == list(range(1, 7))
+  np.testing.assert_allclose([multi_losses[s] for s in range(1, 7)],
+                             [single_losses[s] for s in range(1, 7)], rtol=2e-4)
+
+  # Checkpoints written on 2 processes x 2 devices and 1 x 4 restore onto this 1 device.
+  assert jax.device_count() == 1
+  step_m, params_m = _restore(runs["multi"])
+  step_s, params_s = _restore(runs["single"])
+  assert step_m == step_s == 6
+  leaves_m, leaves_s = jax.tree.leaves(params_m), jax.tree.leaves(params_s)
+  assert len(leaves_m) == len(leaves_s) > 100
+  for a, b in zip(leaves_m, leaves_s):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+  # Validation and test evaluate every example once over both processes; only process 0
+  # writes the run's files.
+  results = {k: json.load(open(os.path.join(runs[k], "results.json"))) for k in ("multi", "single")}
+  assert results["multi"]["test"]["num_examples"] == 40  # 4 classes x 10.
+  for key in ("top1", "top5"):
+    assert results["multi"]["test"][key] == results["single"]["test"][key]
+  np.testing.assert_allclose(results["multi"]["test"]["loss"], results["single"]["test"]["loss"],
+                             rtol=1e-3)
+  assert results["multi"]["best_checkpoint"]["val_top1"] == results["single"]["best_checkpoint"]["val_top1"]
+  log_1 = open(os.path.join(runs["logs"], "process_1.log")).read()
+  assert "Process 1 of 2" in log_1 and "epoch 1/1 step" not in log_1  # Progress: process 0.
+  data_files = os.listdir(os.path.join(runs["multi"], "checkpoints", "latest", "6", "data"))
+  assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(data_files)
+
+
+def test_one_process_continues_a_two_process_checkpoint(runs, tmp_path, monkeypatch):
+  workdir = str(tmp_path / "continued")
+  shutil.copytree(runs["multi"], workdir)
+  seen = []
+  original = parallel.global_batch
+
+  def recording(local, mesh):
+    if "mask" not in local:  # Training batches only.
+      seen.append(np.asarray(local["label"]).tolist())
+    return original(local, mesh)
+
+  monkeypatch.setattr(parallel, "global_batch", recording)
+  config = demo_config(**{"train.num_epochs": 2, "train.stop_at_step": 8,
+                          "eval.test_at_end": False})
+  assert train.train_and_evaluate(config, workdir) is None  # Stopped at step 8, saved.
+
+  # Steps 7 and 8 take the global batches that follow the 2-process run's position.
+  reference = data.train_iterator(config.data, global_batch_size=16, seed=config.seed,
+                                  process_index=0, process_count=1)
+  expected = [np.asarray(next(reference)["label"]).tolist() for _ in range(8)][6:]
+  assert seen == expected
+  step, params = _restore(workdir)
+  assert step == 8
+  assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+
+
+SHARE_SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+from efficientnet_jax import data, parallel
+from test_multiprocess import demo_config
+
+parallel.initialize(sys.argv[1], 2, int(sys.argv[2]))
+config = demo_config()
+mesh = parallel.create_mesh()
+train_iter = data.train_iterator(config.data, global_batch_size=16, seed=config.seed)
+train = [[f"{l}:{int(np.asarray(x, np.int64).sum())}" for x, l in zip(b["image"], b["label"])]
+         for b in (next(train_iter) for _ in range(6))]
+count = jax.jit(lambda m: m.sum(), out_shardings=parallel.replicated(mesh))
+counted, labels = 0, []
+for batch in data.eval_iterator(config.data, "test", global_batch_size=16):
+  counted += int(count(parallel.global_batch(batch, mesh)["mask"]))
+  labels += np.asarray(batch["label"])[np.asarray(batch["mask"])].tolist()
+print(json.dumps({"train": train, "counted": counted, "labels": labels}))
+"""
+
+
+def test_each_process_reads_a_disjoint_share_and_evaluation_covers_every_example(
+    runs, demo_env):
+  del runs  # Only its prepared data.
+  port = subprocess.run([sys.executable, "-c", "import socket; s = socket.socket(); "
+                         "s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  env = {**demo_env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), ROOT])}
+  procs = [subprocess.Popen([sys.executable, "-c", SHARE_SCRIPT, f"127.0.0.1:{port}", str(i)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  outs = []
+  for proc in procs:
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err[-4000:]
+    outs.append(json.loads(out.strip().splitlines()[-1]))
+
+  config = demo_config()
+  whole = data.train_iterator(config.data, global_batch_size=16, seed=config.seed,
+                              process_index=0, process_count=1)
+  for step in range(6):
+    shares = [set(o["train"][step]) for o in outs]
+    assert len(shares[0]) == len(shares[1]) == 8 and not shares[0] & shares[1]
+    batch = next(whole)
+    assert shares[0] | shares[1] == {f"{l}:{int(np.asarray(x, np.int64).sum())}"
+                                     for x, l in zip(batch["image"], batch["label"])}
+  assert [o["counted"] for o in outs] == [40, 40]  # The global mask sum, on both processes.
+  all_labels = [label for o in outs for label in o["labels"]]
+  assert len(outs[0]["labels"]) == len(outs[1]["labels"]) == 20
+  assert sorted(all_labels) == sorted(l for b in data.eval_iterator(
+      config.data, "test", global_batch_size=16, process_index=0, process_count=1)
+      for l, m in zip(b["label"], b["mask"]) if m)
