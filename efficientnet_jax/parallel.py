@@ -115,6 +115,17 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is True on any process, answered alike on all of them.
+
+  A collective (every process must call it at the same point), e.g. so that a SIGTERM
+  received by some processes stops all of them after the same step.
+  """
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
 @contextlib.contextmanager
 def main_process_first(name: str) -> Iterator[None]:
   """Process 0 runs the body first (e.g. preparing shared files), the others after it.

@@ -210,7 +210,8 @@ class Trainer:
           with timer.paused(self.state):
             self.validate(epoch)
           progress.timing(self.step)  # The next interval's throughput excludes validation.
-        stop_now = stop.requested() or self.step == config.train.stop_at_step
+        # Processes stop after the same step even if the signal reached only some of them.
+        stop_now = parallel.any_process(stop.requested()) or self.step == config.train.stop_at_step
         if not in_epoch or self.step % config.checkpoint.every_steps == 0 or stop_now:
           self.save_latest()
         if stop_now:

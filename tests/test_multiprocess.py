@@ -1,7 +1,7 @@
 """Real multi-process training on CPU: 2 processes x 2 devices each (JAX's distributed
 runtime on localhost, gloo collectives), started by launch/local_multiprocess.sh, against
-1 process x 4 devices; the 2-process checkpoint restored and continued by 1 process;
-each process's share of the training and evaluation data.
+1 process x 8 devices; each run's checkpoint continued on the other topology (and on 1
+device); each process's share of the training and evaluation data.
 """
 
 import json
@@ -56,7 +56,7 @@ def _check(proc: subprocess.CompletedProcess, log_dir: str | None = None) -> Non
 
 @pytest.fixture(scope="module")
 def runs(demo_env, tmp_path_factory):
-  """Workdirs of the same one-epoch run on 2 processes x 2 devices and 1 process x 4."""
+  """Workdirs of the same one-epoch run on 2 processes x 2 devices and 1 process x 8."""
   base = tmp_path_factory.mktemp("runs")
   multi, single, logs = str(base / "multi"), str(base / "single"), str(base / "logs")
   proc = subprocess.run(
@@ -68,7 +68,7 @@ def runs(demo_env, tmp_path_factory):
   proc = subprocess.run(
       [sys.executable, "-m", "efficientnet_jax.main", f"--config={DEMO}", f"--workdir={single}",
        *flag_args()], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
-      env={**demo_env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+      env={**demo_env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
   _check(proc)
   return {"multi": multi, "single": single, "logs": logs}
 
@@ -97,7 +97,7 @@ def test_two_processes_train_like_one_process_with_as_many_devices(runs):
   np.testing.assert_allclose([multi_losses[s] for s in range(1, 7)],
                              [single_losses[s] for s in range(1, 7)], rtol=2e-4)
 
-  # Checkpoints written on 2 processes x 2 devices and 1 x 4 restore onto this 1 device.
+  # Checkpoints written on 2 processes x 2 devices and 1 x 8 restore onto this 1 device.
   assert jax.device_count() == 1
   step_m, params_m = _restore(runs["multi"])
   step_s, params_s = _restore(runs["single"])
@@ -122,8 +122,10 @@ def test_two_processes_train_like_one_process_with_as_many_devices(runs):
   assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(data_files)
 
 
-def test_one_process_continues_a_two_process_checkpoint(runs, tmp_path, monkeypatch):
-  workdir = str(tmp_path / "continued")
+@pytest.fixture(scope="module")
+def continued_on_one(runs, tmp_path_factory):
+  """The 2-process run's checkpoint continued here, on 1 device, to step 8."""
+  workdir = str(tmp_path_factory.mktemp("continued_on_one") / "run")
   shutil.copytree(runs["multi"], workdir)
   seen = []
   original = parallel.global_batch
@@ -133,12 +135,19 @@ def test_one_process_continues_a_two_process_checkpoint(runs, tmp_path, monkeypa
       seen.append(np.asarray(local["label"]).tolist())
     return original(local, mesh)
 
-  monkeypatch.setattr(parallel, "global_batch", recording)
-  config = demo_config(**{"train.num_epochs": 2, "train.stop_at_step": 8,
-                          "eval.test_at_end": False})
-  assert train.train_and_evaluate(config, workdir) is None  # Stopped at step 8, saved.
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(parallel, "global_batch", recording)
+    assert train.train_and_evaluate(demo_config(**CONTINUE), workdir) is None  # Stopped, saved.
+  return workdir, seen
 
+
+CONTINUE = {"train.num_epochs": 2, "train.stop_at_step": 8, "eval.test_at_end": False}
+
+
+def test_one_process_continues_a_two_process_checkpoint(continued_on_one):
+  workdir, seen = continued_on_one
   # Steps 7 and 8 take the global batches that follow the 2-process run's position.
+  config = demo_config()
   reference = data.train_iterator(config.data, global_batch_size=16, seed=config.seed,
                                   process_index=0, process_count=1)
   expected = [np.asarray(next(reference)["label"]).tolist() for _ in range(8)][6:]
@@ -146,6 +155,26 @@ def test_one_process_continues_a_two_process_checkpoint(runs, tmp_path, monkeypa
   step, params = _restore(workdir)
   assert step == 8
   assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+
+
+def test_two_processes_continue_an_eight_device_checkpoint(runs, continued_on_one, demo_env,
+                                                           tmp_path):
+  workdir, logs = str(tmp_path / "run"), str(tmp_path / "logs")
+  shutil.copytree(runs["single"], workdir)
+  proc = subprocess.run(
+      [os.path.join(ROOT, "launch", "local_multiprocess.sh"), "2", f"--config={DEMO}",
+       f"--workdir={workdir}", *flag_args(**CONTINUE)], cwd=ROOT, capture_output=True,
+      text=True, timeout=TIMEOUT,
+      env={**demo_env, "PYTHON": sys.executable, "DEVICES_PER_PROCESS": "2", "LOG_DIR": logs})
+  _check(proc, logs)
+  assert "at step 6" in proc.stderr and "Stopping at step 8" in proc.stderr
+
+  # Both continuations (8 devices -> 2x2, 2x2 -> 1) train alike.
+  step, params = _restore(workdir)
+  step_one, params_one = _restore(continued_on_one[0])
+  assert step == step_one == 8
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params_one)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
 SHARE_SCRIPT = r"""
@@ -165,7 +194,9 @@ counted, labels = 0, []
 for batch in data.eval_iterator(config.data, "test", global_batch_size=16):
   counted += int(count(parallel.global_batch(batch, mesh)["mask"]))
   labels += np.asarray(batch["label"])[np.asarray(batch["mask"])].tolist()
-print(json.dumps({"train": train, "counted": counted, "labels": labels}))
+me = jax.process_index()
+agree = [parallel.any_process(me == 1), parallel.any_process(False)]
+print(json.dumps({"train": train, "counted": counted, "labels": labels, "agree": agree}))
 """
 
 
@@ -196,6 +227,7 @@ def test_each_process_reads_a_disjoint_share_and_evaluation_covers_every_example
     assert shares[0] | shares[1] == {f"{l}:{int(np.asarray(x, np.int64).sum())}"
                                      for x, l in zip(batch["image"], batch["label"])}
   assert [o["counted"] for o in outs] == [40, 40]  # The global mask sum, on both processes.
+  assert [o["agree"] for o in outs] == [[True, False]] * 2  # A flag of process 1 stops both.
   all_labels = [label for o in outs for label in o["labels"]]
   assert len(outs[0]["labels"]) == len(outs[1]["labels"]) == 20
   assert sorted(all_labels) == sorted(l for b in data.eval_iterator(
