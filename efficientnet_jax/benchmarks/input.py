@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def _config(args: argparse.Namespace, workdir: str):
+def data_config(args: argparse.Namespace, workdir: str):
+  """config.data for the benchmark: --data_dir, or synthetic 700x480 JPEGs in `workdir`."""
   spec = importlib.util.spec_from_file_location("_benchmark_default_config", _DEFAULT_CONFIG)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -151,7 +152,7 @@ def through_pipeline(config, batch: int, batches: int) -> dict:
 def main(argv: Sequence[str] | None = None) -> None:
   args = _parser().parse_args(argv)
   with tempfile.TemporaryDirectory() as workdir:
-    config = _config(args, workdir)
+    config = data_config(args, workdir)
     dataset_dir = preparation.ensure_prepared(config)
     reader = source.PreparedSource(dataset_dir, "train")
     records = [reader[i] for i in range(min(len(reader), 128))]

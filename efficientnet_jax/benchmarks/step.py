@@ -46,67 +46,79 @@ def _host_peak_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+class JaxSteps:
+  """Our compiled train and eval steps on random data of the benchmark's shapes.
+
+  The train step is steps.make_train_step (AdamW as configs/b0_cars.py) jitted with the
+  state donated; `train(batch)` runs it on `batch` (default: the fixed on-device batch).
+  """
+
+  def __init__(self, arch: str, batch: int, res: int, dtype: str, depthwise: str,
+               remat: bool, channels: int = 3):
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    from efficientnet_jax import optim, steps
+    from efficientnet_jax.models import create_model
+
+    model = create_model(arch, num_classes=1000, in_channels=channels, dtype=dtype,
+                         depthwise=depthwise, remat=remat)
+    self.name = f"jax depthwise={model.opts.depthwise}" + (" remat" if remat else "")
+    optim_config = ml_collections.ConfigDict(dict(
+        lr=1e-3, weight_decay=0.01, wd_exclude_bn_and_bias=True, b1=0.9, b2=0.999, eps=1e-8,
+        grad_clip_norm=0.0, freeze_backbone=False))
+    tx = optim.create_optimizer(optim_config, nnx.state(model, nnx.Param))
+    graphdef, self.state = steps.create_train_state(model, tx, ema_decay=0.0)
+    mean, std = MEAN[:channels], STD[:channels]
+    train_step = jax.jit(
+        steps.make_train_step(graphdef, tx, optax.constant_schedule(1e-3), label_smoothing=0.1,
+                              mean=mean, std=std, ema_decay=0.0),
+        donate_argnums=0)
+    eval_step = jax.jit(steps.make_eval_step(graphdef, label_smoothing=0.1, mean=mean, std=std))
+    rng = np.random.default_rng(0)
+    self.batch = {
+        "image": jnp.asarray(rng.integers(0, 256, (batch, res, res, channels), np.uint8)),
+        "label": jnp.asarray(rng.integers(0, 1000, (batch,), np.int32)),
+        "mask": jnp.ones((batch,), bool),
+    }
+    self.train_batch = {k: self.batch[k] for k in ("image", "label")}
+    start = time.perf_counter()
+    self._train = train_step.lower(self.state, self.train_batch).compile()
+    self._eval = eval_step.lower(self.state.params, self.state.batch_stats, self.state.rngs,
+                                 self.batch).compile()
+    self.compile_s = time.perf_counter() - start
+    self.device = jax.devices()[0]
+
+  def train(self, batch: dict[str, Any] | None = None) -> Any:
+    self.state, metrics = self._train(self.state, self.train_batch if batch is None else batch)
+    return metrics
+
+  def evaluate(self) -> Any:
+    s = self.state
+    return self._eval(s.params, s.batch_stats, s.rngs, self.batch)
+
+  def peak_bytes(self) -> int:
+    stats = self.device.memory_stats() or {}
+    return stats.get("peak_bytes_in_use") or _host_peak_bytes()
+
+
 def run_jax(args: argparse.Namespace) -> dict[str, Any]:
-  """Times steps.make_train_step / make_eval_step, jitted with the state donated."""
+  """Times our train and eval steps."""
   import jax
-  import jax.numpy as jnp
-  import ml_collections
-  import numpy as np
-  import optax
-  from flax import nnx
 
-  from efficientnet_jax import optim, steps
-  from efficientnet_jax.models import create_model
-
-  model = create_model(args.arch, num_classes=1000, dtype=args.dtype, depthwise=args.depthwise,
-                       remat=args.remat)
-  optim_config = ml_collections.ConfigDict(dict(
-      lr=1e-3, weight_decay=0.01, wd_exclude_bn_and_bias=True, b1=0.9, b2=0.999, eps=1e-8,
-      grad_clip_norm=0.0, freeze_backbone=False))
-  tx = optim.create_optimizer(optim_config, nnx.state(model, nnx.Param))
-  graphdef, state = steps.create_train_state(model, tx, ema_decay=0.0)
-  train_step = jax.jit(
-      steps.make_train_step(graphdef, tx, optax.constant_schedule(1e-3), label_smoothing=0.1,
-                            mean=MEAN, std=STD, ema_decay=0.0),
-      donate_argnums=0)
-  eval_step = jax.jit(steps.make_eval_step(graphdef, label_smoothing=0.1, mean=MEAN, std=STD))
-  rng = np.random.default_rng(0)
-  batch = {
-      "image": jnp.asarray(rng.integers(0, 256, (args.batch, args.res, args.res, 3), np.uint8)),
-      "label": jnp.asarray(rng.integers(0, 1000, (args.batch,), np.int32)),
-      "mask": jnp.ones((args.batch,), bool),
-  }
-  train_batch = {k: batch[k] for k in ("image", "label")}
-
-  start = time.perf_counter()
-  train_compiled = train_step.lower(state, train_batch).compile()
-  compile_train = time.perf_counter() - start
-  start = time.perf_counter()
-  eval_compiled = eval_step.lower(state.params, state.batch_stats, state.rngs, batch).compile()
-  compile_eval = time.perf_counter() - start
-
-  holder = {"state": state}
-
-  def train() -> Any:
-    holder["state"], m = train_compiled(holder["state"], train_batch)
-    return m
-
-  def evaluate() -> Any:
-    s = holder["state"]
-    return eval_compiled(s.params, s.batch_stats, s.rngs, batch)
-
+  bench = JaxSteps(args.arch, args.batch, args.res, args.dtype, args.depthwise, args.remat)
   sync = jax.block_until_ready
   for _ in range(args.warmup):
-    sync(train())
-    sync(evaluate())
-  train_times = _timed_runs(train, sync, args.steps, args.repeats)
-  eval_times = _timed_runs(evaluate, sync, args.steps, args.repeats)
-  device = jax.devices()[0]
-  stats = device.memory_stats() or {}
-  peak = stats.get("peak_bytes_in_use") or _host_peak_bytes()
-  return dict(name=f"jax depthwise={model.opts.depthwise}" + (" remat" if args.remat else ""),
-              device=device.device_kind, compile_s=compile_train + compile_eval,
-              train_s=train_times, eval_s=eval_times, peak_bytes=peak)
+    sync(bench.train())
+    sync(bench.evaluate())
+  train_times = _timed_runs(bench.train, sync, args.steps, args.repeats)
+  eval_times = _timed_runs(bench.evaluate, sync, args.steps, args.repeats)
+  return dict(name=bench.name, device=bench.device.device_kind, compile_s=bench.compile_s,
+              train_s=train_times, eval_s=eval_times, peak_bytes=bench.peak_bytes())
 
 
 def _torch_model(arch: str) -> tuple[Any, str]:
