@@ -30,6 +30,8 @@ def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.INFO)
   metrics.quiet_library_logs()
   parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if not parallel.is_main_process():
+    logging.set_verbosity(logging.WARNING)  # Process 0 reports for all.
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
