@@ -5,9 +5,10 @@ Usage:
       --output=weights/efficientnet-b0
 
 Sources (--source, default auto: from the keys, and for timm's layout the file name):
-  timm-tf    timm tf_efficientnet_* (official TF weights; TF 'same' padding, BN eps 1e-3)
-  timm       timm native efficientnet_* (symmetric padding, BN eps 1e-5)
-  lukemelas  lukemelas efficientnet-pytorch and efficientnet-lite-pytorch (TF 'same')
+  timm-tf      timm tf_efficientnet_* (official TF weights; TF 'same' padding, BN eps 1e-3)
+  timm         timm native efficientnet_* (symmetric padding, BN eps 1e-5)
+  lukemelas    lukemelas efficientnet-pytorch and efficientnet-lite-pytorch (TF 'same')
+  torchvision  torchvision efficientnet_b0…b7 (symmetric padding; BN eps 1e-5, b5-b7 1e-3)
 --arch is inferred from the tensors when omitted. The output directory holds params.npz
 and metadata.json (arch, padding, BN epsilon, input convention, class names); any
 --weights / config.model.pretrained accepts it.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -43,6 +45,15 @@ def randomize(model: torch.nn.Module, blocks: list[torch.nn.Module], calibration
     fc.weight.copy_(torch.randn(fc.weight.shape, generator=g) * 0.5 / fc.in_features ** 0.5)
     fc.bias.copy_(torch.randn(fc.bias.shape, generator=g) * 0.1)
   return model
+
+
+def randomized_geffnet(name: str, calibration: np.ndarray, **kwargs: Any) -> torch.nn.Module:
+  """geffnet's `name` (timm's modules and key names), seeded and randomized as above."""
+  import geffnet
+
+  torch.manual_seed(0)
+  model = geffnet.create_model(name, **kwargs)
+  return randomize(model, [b for stage in model.blocks for b in stage], calibration)
 
 
 def _batchnorms(module: torch.nn.Module) -> list[torch.nn.BatchNorm2d]:

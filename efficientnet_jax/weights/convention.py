@@ -72,6 +72,10 @@ def tf_crop_pct(image_size: int) -> float:
 _TIMM_NATIVE_EVAL = {"b0": (224, 0.875), "b1": (256, 1.0), "b2": (288, 1.0), "b3": (320, 1.0),
                      "b4": (384, 1.0)}
 
+# torchvision's IMAGENET1K_V1 transforms, bicubic: (crop size, resize size of the short side).
+_TORCHVISION_EVAL = {"b0": (224, 256), "b1": (240, 256), "b2": (288, 288), "b3": (300, 320),
+                     "b4": (380, 384), "b5": (456, 456), "b6": (528, 528), "b7": (600, 600)}
+
 
 def default_convention(source: str, arch: str) -> InputConvention:
   """The published eval convention of ImageNet weights from `source` for `arch`."""
@@ -85,5 +89,8 @@ def default_convention(source: str, arch: str) -> InputConvention:
     return InputConvention(mean, std, crop_pct=tf_crop_pct(size), image_size=size)
   if tf_trained:
     return InputConvention(IMAGENET_MEAN, IMAGENET_STD, crop_pct=tf_crop_pct(size), image_size=size)
+  if source == "torchvision" and arch in _TORCHVISION_EVAL:
+    crop, resize = _TORCHVISION_EVAL[arch]
+    return InputConvention(IMAGENET_MEAN, IMAGENET_STD, crop_pct=crop / resize, image_size=crop)
   size, crop = _TIMM_NATIVE_EVAL.get(arch, (size, 0.875))
   return InputConvention(IMAGENET_MEAN, IMAGENET_STD, crop_pct=crop, image_size=size)

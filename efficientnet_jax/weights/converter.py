@@ -14,14 +14,8 @@ from efficientnet_jax.weights.class_names import default_class_names
 from efficientnet_jax.weights.convention import default_convention
 from efficientnet_jax.weights.errors import WeightsError
 from efficientnet_jax.weights.ported import PortedWeights
-from efficientnet_jax.weights.sources import (LUKEMELAS_LAYOUT, TIMM_LAYOUT, Source, detect_layout,
-                                              resolve_source)
+from efficientnet_jax.weights.sources import Source, detect_layout, resolve_source
 
-# Tensors whose names in a state dict are the same for every variant of a layout.
-_STEM_HEAD = {
-    TIMM_LAYOUT: ("conv_stem.weight", "conv_head.weight"),
-    LUKEMELAS_LAYOUT: ("_conv_stem.weight", "_conv_head.weight"),
-}
 _MAX_LISTED = 12
 
 
@@ -31,14 +25,14 @@ class ConversionError(WeightsError, ValueError):
 
 def infer_arch(tensors: dict[str, np.ndarray], layout: str) -> list[str]:
   """The architectures with exactly this state dict's tensor names and stem/head widths."""
-  stem_key, head_key = _STEM_HEAD[layout]
   mappable = {k for k in tensors if k.rsplit(".", 1)[-1] not in keymaps.SKIPPED_SUFFIXES}
   matches = []
   for arch, variant in specs.VARIANTS.items():
-    if {m.source for m in keymaps.tensor_map(arch, layout)} != mappable:
+    by_target = {m.target: m.source for m in keymaps.tensor_map(arch, layout)}
+    if set(by_target.values()) != mappable:
       continue
-    if (tensors[stem_key].shape[0] == specs.stem_channels(variant)
-        and tensors[head_key].shape[0] == specs.head_channels(variant)):
+    if (tensors[by_target["stem/conv/kernel"]].shape[0] == specs.stem_channels(variant)
+        and tensors[by_target["head/conv/kernel"]].shape[0] == specs.head_channels(variant)):
       matches.append(arch)
   return matches
 
@@ -98,7 +92,7 @@ def convert_tensors(tensors: dict[str, np.ndarray], arch: str, source: Source,
   if problems:
     raise ConversionError(_problem_report(checkpoint_name, arch, source, problems, tensors))
   return PortedWeights(
-      arch=arch, padding=source.padding, bn_epsilon=source.bn_epsilon,
+      arch=arch, padding=source.padding, bn_epsilon=source.epsilon(arch),
       convention=default_convention(source.name, arch),
       class_names=default_class_names(num_classes), tensors=converted,
       origin={"checkpoint": checkpoint_name, "source": source.name, "skipped": _summarize(skipped)})

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from efficientnet_jax.models import specs
-from efficientnet_jax.weights.sources import LUKEMELAS_LAYOUT, TIMM_LAYOUT
+from efficientnet_jax.weights.sources import LUKEMELAS_LAYOUT, TIMM_LAYOUT, TORCHVISION_LAYOUT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +109,35 @@ def _lukemelas_map(blocks: list[specs.BlockSpec]) -> list[TensorMapping]:
   return m.mappings
 
 
-_LAYOUT_MAPS = {TIMM_LAYOUT: _timm_map, LUKEMELAS_LAYOUT: _lukemelas_map}
+def _torchvision_map(blocks: list[specs.BlockSpec]) -> list[TensorMapping]:
+  """torchvision.models.efficientnet (V1): nn.Sequential indices instead of names."""
+  m = _MapBuilder()
+  m.add("stem/conv/kernel", "features.0.0.weight", "conv")  # Conv2dNormActivation: 0 conv, 1 BN.
+  m.bn("stem/bn", "features.0.1")
+  for b in blocks:
+    ours, theirs = b.name, f"features.{b.stage + 1}.{b.index}.block"
+    # MBConv.block: [expand conv (only if expand_ratio != 1)], depthwise, SqueezeExcitation, project.
+    dw = 0 if b.expand_ratio == 1 else 1
+    se, project = dw + 1, dw + (2 if b.se_channels else 1)
+    if dw:
+      m.add(f"{ours}/expand_conv/kernel", f"{theirs}.0.0.weight", "pointwise")
+      m.bn(f"{ours}/expand_bn", f"{theirs}.0.1")
+    m.add(f"{ours}/dw_conv/kernel", f"{theirs}.{dw}.0.weight", "conv")
+    m.bn(f"{ours}/dw_bn", f"{theirs}.{dw}.1")
+    if b.se_channels:  # Every torchvision MBConv has one; a Lite arch will not match its keys.
+      m.se(f"{ours}/se", f"{theirs}.{se}.fc1", f"{theirs}.{se}.fc2")
+    m.add(f"{ours}/project_conv/kernel", f"{theirs}.{project}.0.weight", "pointwise")
+    m.bn(f"{ours}/project_bn", f"{theirs}.{project}.1")
+  head = f"features.{blocks[-1].stage + 2}"  # After the stem and every stage.
+  m.add("head/conv/kernel", f"{head}.0.weight", "pointwise")
+  m.bn("head/bn", f"{head}.1")
+  m.add("classifier/kernel", "classifier.1.weight", "dense")  # classifier.0 is the Dropout.
+  m.add("classifier/bias", "classifier.1.bias", "vector")
+  return m.mappings
+
+
+_LAYOUT_MAPS = {TIMM_LAYOUT: _timm_map, LUKEMELAS_LAYOUT: _lukemelas_map,
+                TORCHVISION_LAYOUT: _torchvision_map}
 
 
 def tensor_map(arch: str, layout: str) -> list[TensorMapping]:

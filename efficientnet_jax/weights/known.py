@@ -9,6 +9,7 @@ import os
 _TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
 _TIMM_HF = "https://github.com/huggingface/pytorch-image-models/releases/download/v0.1-weights/"
 _LUKEMELAS = "https://github.com/lukemelas/EfficientNet-PyTorch/releases/download/1.0/"
+_TORCHVISION = "https://download.pytorch.org/models/"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,12 @@ def _table() -> dict[str, KnownWeights]:
   hashes = ("355c32eb", "f1951068", "8bb594d6", "5fb5a3c3", "6ed6700e", "b6417697", "c76e70fd", "dcc49843")
   entries += [KnownWeights(f"efficientnet-b{i}", f"b{i}", "lukemelas", f"{_LUKEMELAS}efficientnet-b{i}-{h}.pth")
               for i, h in enumerate(hashes)]
+  # torchvision's EfficientNet_B*_Weights.IMAGENET1K_V1: b0-b4 timm's, b5-b7 lukemelas' ports.
+  files = ("b0_rwightman-7f5810bc", "b1_rwightman-bac287d4", "b2_rwightman-c35c1473",
+           "b3_rwightman-b3899882", "b4_rwightman-23ab8bcd", "b5_lukemelas-1a07897c",
+           "b6_lukemelas-24a108a5", "b7_lukemelas-c5b4e57e")
+  entries += [KnownWeights(f"torchvision_efficientnet_b{i}", f"b{i}", "torchvision",
+                           f"{_TORCHVISION}efficientnet_{f}.pth") for i, f in enumerate(files)]
   return {e.name: e for e in entries}
 
 
