@@ -144,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
       return subprocess.run(["sbatch", path], check=False).returncode
     return 0
 
-  failed = run_sequentially(runs_dir, jobs)
+  try:
+    failed = run_sequentially(runs_dir, jobs)
+  except KeyboardInterrupt:  # The running trial got the signal too and saved its checkpoint.
+    print("Interrupted; rerun the same command to continue the sweep.", file=sys.stderr)
+    return 130
   report = subprocess.run([sys.executable, "-m", "efficientnet_jax.report", runs_dir], cwd=REPO,
                           check=False).returncode
   if failed:
