@@ -199,7 +199,8 @@ class Trainer:
         timer.step(self.state, config.train.batch_size)
         train_metrics = metrics.merge(train_metrics, step_metrics)
         epoch, in_epoch = divmod(self.step, spe)
-        if self.step % config.train.log_every_steps == 0 or not in_epoch:
+        logged = self.step % config.train.log_every_steps == 0 or not in_epoch
+        if logged:
           scalars = {**metrics.scalars(train_metrics, "train"), **progress.timing(self.step),
                      "train/epoch": self.step / spe}
           self.writer.write_scalars(self.step, scalars)
@@ -210,8 +211,11 @@ class Trainer:
           with timer.paused(self.state):
             self.validate(epoch)
           progress.timing(self.step)  # The next interval's throughput excludes validation.
-        # Processes stop after the same step even if the signal reached only some of them.
-        stop_now = parallel.any_process(stop.requested()) or self.step == config.train.stop_at_step
+        # Processes must stop after the same step, even if a signal reached only some of
+        # them: with several, they agree (a collective) where the host waits anyway.
+        poll = jax.process_count() == 1 or logged
+        stop_now = ((poll and parallel.any_process(stop.requested()))
+                    or self.step == config.train.stop_at_step)
         if not in_epoch or self.step % config.checkpoint.every_steps == 0 or stop_now:
           self.save_latest()
         if stop_now:
