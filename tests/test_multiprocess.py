@@ -178,9 +178,9 @@ def test_two_processes_continue_an_eight_device_checkpoint(runs, continued_on_on
 
 
 SHARE_SCRIPT = r"""
-import json, sys
+import json, os, signal, sys
 import jax, numpy as np
-from efficientnet_jax import data, parallel
+from efficientnet_jax import checkpoint, data, parallel
 from test_multiprocess import demo_config
 
 parallel.initialize(sys.argv[1], 2, int(sys.argv[2]))
@@ -194,15 +194,17 @@ counted, labels = 0, []
 for batch in data.eval_iterator(config.data, "test", global_batch_size=16):
   counted += int(count(parallel.global_batch(batch, mesh)["mask"]))
   labels += np.asarray(batch["label"])[np.asarray(batch["mask"])].tolist()
-me = jax.process_index()
-agree = [parallel.any_process(me == 1), parallel.any_process(False)]
+with checkpoint.StopSignal() as stop:
+  if jax.process_index() == 1:
+    os.kill(os.getpid(), signal.SIGTERM)
+  agree = [parallel.any_process(stop.requested()), parallel.any_process(False)]
 print(json.dumps({"train": train, "counted": counted, "labels": labels, "agree": agree}))
 """
 
 
-def test_each_process_reads_a_disjoint_share_and_evaluation_covers_every_example(
-    runs, demo_env):
-  del runs  # Only its prepared data.
+def test_each_process_reads_a_disjoint_share_and_evaluation_covers_every_example(demo_env):
+  config = demo_config()
+  data.ensure_prepared(config.data)
   port = subprocess.run([sys.executable, "-c", "import socket; s = socket.socket(); "
                          "s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"],
                         capture_output=True, text=True, check=True).stdout.strip()
@@ -217,7 +219,6 @@ def test_each_process_reads_a_disjoint_share_and_evaluation_covers_every_example
     assert proc.returncode == 0, err[-4000:]
     outs.append(json.loads(out.strip().splitlines()[-1]))
 
-  config = demo_config()
   whole = data.train_iterator(config.data, global_batch_size=16, seed=config.seed,
                               process_index=0, process_count=1)
   for step in range(6):
@@ -227,7 +228,8 @@ def test_each_process_reads_a_disjoint_share_and_evaluation_covers_every_example
     assert shares[0] | shares[1] == {f"{l}:{int(np.asarray(x, np.int64).sum())}"
                                      for x, l in zip(batch["image"], batch["label"])}
   assert [o["counted"] for o in outs] == [40, 40]  # The global mask sum, on both processes.
-  assert [o["agree"] for o in outs] == [[True, False]] * 2  # A flag of process 1 stops both.
+  # A SIGTERM received by process 1 alone stops both (after the same step).
+  assert [o["agree"] for o in outs] == [[True, False]] * 2
   all_labels = [label for o in outs for label in o["labels"]]
   assert len(outs[0]["labels"]) == len(outs[1]["labels"]) == 20
   assert sorted(all_labels) == sorted(l for b in data.eval_iterator(
