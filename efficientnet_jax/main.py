@@ -8,6 +8,8 @@ Rerunning with the same --workdir resumes from its latest checkpoint. Several pr
 with explicit --coordinator_address --num_processes --process_id (see launch/).
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -24,6 +26,20 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a one-line error for a misspelled --config.<field>."""
+  try:
+    return flags.FLAGS(argv)
+  except AttributeError as e:  # ml_collections' unknown-field error, raised mid-parse.
+    detail = e.args[0].args[0] if e.args and isinstance(e.args[0], KeyError) else str(e)
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    sys.exit(f"Unknown config field {detail.splitlines()[0]} in {' '.join(overrides)}. "
+             + " ".join(detail.splitlines()[1:])
+             + " configs/default.py documents every field.")
+  except flags.Error as e:
+    sys.exit(f"{e}\nPass --helpshort or --helpfull to see help on flags.")
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -36,4 +52,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
