@@ -92,10 +92,14 @@ def table(trials: Sequence[Trial], fields: Sequence[str]) -> str:
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:
-  return (0, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, str(value))
+  """Numbers in numeric order, before anything else in text order."""
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    return (0, value)
+  return (1, str(value))
 
 
-def plot(trials: Sequence[Trial], field: str, path: str, size: tuple[int, int] = (640, 400)) -> None:
+def plot(trials: Sequence[Trial], field: str, path: str,
+         size: tuple[int, int] = (640, 400)) -> None:
   """PNG of validation and test top-1 of each trial against config `field` (one column per
   distinct value; a line joins the means)."""
   xs = sorted({json.dumps(t.config.get(field)) for t in trials},

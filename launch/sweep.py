@@ -74,7 +74,8 @@ def main_args(config: str, workdir: str, overrides: dict[str, str], extra: list[
 
 def run_sequentially(runs_dir: str, jobs: list[tuple[str, list[str]]]) -> list[str]:
   """Runs each trial's training (output in <trial>/train.log); returns the failed trials."""
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+  path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+  env = {**os.environ, "PYTHONPATH": path}
   failed = []
   for i, (name, args) in enumerate(jobs, 1):
     workdir = os.path.join(runs_dir, name)

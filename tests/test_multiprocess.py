@@ -115,7 +115,8 @@ def test_two_processes_train_like_one_process_with_as_many_devices(runs):
     assert results["multi"]["test"][key] == results["single"]["test"][key]
   np.testing.assert_allclose(results["multi"]["test"]["loss"], results["single"]["test"]["loss"],
                              rtol=1e-3)
-  assert results["multi"]["best_checkpoint"]["val_top1"] == results["single"]["best_checkpoint"]["val_top1"]
+  best = {k: r["best_checkpoint"] for k, r in results.items()}
+  assert best["multi"]["val_top1"] == best["single"]["val_top1"]
   log_1 = open(os.path.join(runs["logs"], "process_1.log")).read()
   assert "Process 1 of 2" in log_1 and "epoch 1/1 step" not in log_1  # Progress: process 0.
   data_files = os.listdir(os.path.join(runs["multi"], "checkpoints", "latest", "6", "data"))

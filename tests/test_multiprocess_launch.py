@@ -92,9 +92,9 @@ def test_slurm_script_runs_one_srun_step_of_main(tmp_path):
   proc = subprocess.run(["bash", os.path.join(LAUNCH, "slurm.sbatch"), "--config=c.py",
                          "--workdir=w"], env=env, capture_output=True, text=True, timeout=30)
   assert proc.returncode == 0, proc.stderr
-  assert proc.stdout.splitlines()[1:] == ["CUDA_VISIBLE_DEVICES=", "--kill-on-bad-exit=1", "python3",
-                                          "-m", "efficientnet_jax.main", "--config=c.py",
-                                          "--workdir=w"]
+  assert proc.stdout.splitlines()[1:] == [
+      "CUDA_VISIBLE_DEVICES=", "--kill-on-bad-exit=1", "python3", "-m", "efficientnet_jax.main",
+      "--config=c.py", "--workdir=w"]
 
 
 def test_kubernetes_example_is_consistent():
