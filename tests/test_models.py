@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from efficientnet_jax.models import VARIANTS, create_model, layers, specs
+from efficientnet_jax.models import VARIANTS, create_model, layers, specs, summary
 
 B_VARIANTS = [f"b{i}" for i in range(8)]
 LITE_VARIANTS = [f"lite{i}" for i in range(5)]
@@ -31,10 +31,6 @@ def _reference_round_filters(f: int, width: float) -> int:
   f = f * width
   new = max(8, int(f + 4) // 8 * 8)
   return new + 8 if new < 0.9 * f else new
-
-
-def _param_count(model) -> int:
-  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 def _images(n=2, size=32, channels=3, seed=0):
@@ -69,7 +65,7 @@ def test_every_variant_runs_in_both_modes(name):
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_parameter_counts_match_published(name):
-  assert round(_param_count(create_model(name)) / 1e6, 2) == PUBLISHED_PARAMS_M[name]
+  assert round(summary.count_params(create_model(name)) / 1e6, 2) == PUBLISHED_PARAMS_M[name]
 
 
 @pytest.mark.parametrize("name", B_VARIANTS)

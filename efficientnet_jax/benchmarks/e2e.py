@@ -14,32 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from collections.abc import Sequence
 
 from efficientnet_jax.benchmarks import input as input_benchmark
-from efficientnet_jax.benchmarks.step import JaxSteps
+from efficientnet_jax.benchmarks.step import JaxSteps, add_model_args
 
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m efficientnet_jax.benchmark e2e",
                               description=__doc__.split("\n")[0])
-  p.add_argument("--arch", default="b0")
-  p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--res", type=int, default=0, help="Image size; 0 = the variant's resolution.")
-  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  p.add_argument("--depthwise", default="auto", help="auto, conv or shifted.")
+  add_model_args(p, depthwise_help="auto, conv or shifted.")
   p.add_argument("--steps", type=int, default=20, help="Timed steps per run.")
   p.add_argument("--warmup", type=int, default=3, help="Untimed steps before each run.")
-  p.add_argument("--data_dir", default="", help="Your copy (any layout) or a prepared TFDS "
-                 "dir; empty: synthetic 700x480 JPEGs.")
-  p.add_argument("--tfds_dir", default="", help="Where prepared data is/goes.")
-  p.add_argument("--workers", type=int, default=os.cpu_count(), help="Grain worker processes.")
-  p.add_argument("--synthetic_images", type=int, default=512)
-  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                 help="Override a config.data field, e.g. --set train_warp=nearest.")
+  input_benchmark.add_data_args(p, synthetic_images=512)
   p.add_argument("--json", default="", help="Also write the results to this file.")
   return p
 

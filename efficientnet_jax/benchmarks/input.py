@@ -33,20 +33,25 @@ _DEFAULT_CONFIG = pathlib.Path(__file__).parents[2] / "configs" / "default.py"
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m efficientnet_jax.benchmark input",
                               description=__doc__.split("\n")[0])
+  add_data_args(p, synthetic_images=256)
+  p.add_argument("--image_size", type=int, default=224)
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--batches", type=int, default=20, help="Timed pipeline batches.")
+  p.add_argument("--images", type=int, default=300, help="Timed single-core images.")
+  p.add_argument("--json", default="", help="Also write the results to this file.")
+  return p
+
+
+def add_data_args(p: argparse.ArgumentParser, synthetic_images: int) -> None:
+  """The flags data_config reads (besides --image_size)."""
   p.add_argument("--data_dir", default="", help="Your copy (any layout) or a prepared TFDS "
                  "dir; empty: synthetic 700x480 JPEGs.")
   p.add_argument("--tfds_dir", default="", help="Where prepared data is/goes (default: a "
                  "temporary folder, or --data_dir when it is prepared).")
   p.add_argument("--workers", type=int, default=os.cpu_count(), help="Grain worker processes.")
-  p.add_argument("--image_size", type=int, default=224)
-  p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--batches", type=int, default=20, help="Timed pipeline batches.")
-  p.add_argument("--images", type=int, default=300, help="Timed single-core images.")
-  p.add_argument("--synthetic_images", type=int, default=256)
+  p.add_argument("--synthetic_images", type=int, default=synthetic_images)
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                  help="Override a config.data field, e.g. --set train_warp=nearest.")
-  p.add_argument("--json", default="", help="Also write the results to this file.")
-  return p
 
 
 def data_config(args: argparse.Namespace, workdir: str):

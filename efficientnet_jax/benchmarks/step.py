@@ -25,8 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+from efficientnet_jax.weights.convention import IMAGENET_MEAN as MEAN, IMAGENET_STD as STD
 
 
 def _timed_runs(step: Callable[[], Any], sync: Callable[[Any], None], steps: int,
@@ -212,15 +211,20 @@ def format_table(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | Non
   return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m efficientnet_jax.benchmark step",
-                              description=__doc__.split("\n\n")[0])
+def add_model_args(p: argparse.ArgumentParser, depthwise_help: str) -> None:
+  """The flags that choose the model and the batch of a timed step."""
   p.add_argument("--arch", default="b0")
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--res", type=int, default=0, help="Image size; 0 = the variant's resolution.")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  p.add_argument("--depthwise", default="auto",
-                 help="Comma-separated depthwise implementations to time: auto, conv, shifted.")
+  p.add_argument("--depthwise", default="auto", help=depthwise_help)
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m efficientnet_jax.benchmark step",
+                              description=__doc__.split("\n\n")[0])
+  add_model_args(p, depthwise_help="Comma-separated depthwise implementations to time: auto, "
+                 "conv, shifted.")
   p.add_argument("--remat", action="store_true", help="Rematerialise each block (less memory).")
   p.add_argument("--vs-torch", action="store_true", help="Also time the PyTorch reference.")
   p.add_argument("--steps", type=int, default=5, help="Steps per timed run.")
