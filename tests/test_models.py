@@ -244,6 +244,8 @@ def test_bad_options_name_the_config_field():
     create_model("b0", dtype="float16")
   with pytest.raises(ValueError, match="model.in_channels"):
     create_model("b0", in_channels=4)
+  with pytest.raises(ValueError, match="model.padding"):
+    create_model("b0", padding="valid")
 
 
 def test_remat_gives_the_same_loss_gradients_and_batch_stats():

@@ -34,7 +34,7 @@ class EfficientNet(nnx.Module):
     if head_init not in HEAD_INITS:
       raise ValueError(f"Unknown classifier init {head_init!r} (config field model.head_init); "
                        f"use one of {HEAD_INITS}.")
-    layers.pad_amounts(1, 1, 1, padding)  # Validates the padding name early.
+    layers.check_padding(padding)
     opts = LayerOptions(
         padding=padding, depthwise=layers.resolve_depthwise(depthwise), dtype=DTYPES[dtype],
         bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, freeze_bn=freeze_bn,

@@ -19,19 +19,24 @@ PADDINGS = ("same", "symmetric")
 DEPTHWISE_IMPLS = ("auto", "conv", "shifted")
 
 
+def check_padding(padding: str) -> None:
+  if padding not in PADDINGS:
+    raise ValueError(f"Unknown padding {padding!r} (config field model.padding); "
+                     f"use one of {PADDINGS}.")
+
+
 def pad_amounts(size: int, kernel: int, stride: int, padding: str) -> tuple[int, int]:
   """(before, after) padding of one spatial axis.
 
   'same' is TF's: output ceil(size / stride), the odd pixel padded after (bottom/right).
   'symmetric' is PyTorch's padding=kernel // 2 on both sides.
   """
+  check_padding(padding)
   if padding == "same":
     out = -(-size // stride)
     total = max((out - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
-  if padding == "symmetric":
-    return kernel // 2, kernel // 2
-  raise ValueError(f"Unknown padding {padding!r} (config field model.padding); use one of {PADDINGS}.")
+  return kernel // 2, kernel // 2
 
 
 def resolve_depthwise(impl: str) -> str:
