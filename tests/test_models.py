@@ -191,6 +191,59 @@ def test_shifted_depthwise_matches_xla_conv_and_gradients(kernel, stride, paddin
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_shifted_depthwise_in_bfloat16_accumulates_in_float32():
+  x = _images(n=2, size=16, channels=8, seed=3)
+  w = jax.random.normal(jax.random.key(4), (5, 5, 1, 8)) * 0.2
+  reference = layers.depthwise_conv(x, w, 1, "same", "conv")
+  out = layers.depthwise_conv(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), 1, "same",
+                              "shifted")
+  assert out.dtype == jnp.bfloat16
+  # Inputs rounded to bf16 (rel 2^-9) and one final rounding; a bf16 running sum of 25 taps
+  # would add up to 25 roundings.
+  np.testing.assert_allclose(np.asarray(out, np.float32), reference, rtol=0.02, atol=0.03)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_shifted_depthwise_backward_holds_one_window_at_a_time(stride):
+  """Regression: XLA kept all k*k input windows alive for the weight gradient (25x x)."""
+  x = jnp.ones((8, 32, 32, 64))
+  w = jnp.ones((5, 5, 1, 64))
+  grad = jax.jit(jax.grad(
+      lambda w, x: jnp.sum(jnp.sin(layers.depthwise_conv(x, w, stride, "same", "shifted"))),
+      argnums=(0, 1)))
+  temp = grad.lower(w, x).compile().memory_analysis().temp_size_in_bytes
+  assert temp < 6 * x.nbytes, f"backward temporaries {temp / x.nbytes:.1f}x the input"
+
+
+def _plain_batch_norm_act(x, scale, bias, eps):
+  mean = jnp.mean(x, (0, 1, 2))
+  var = jnp.var(x, (0, 1, 2))
+  return jax.nn.silu((x - mean) / jnp.sqrt(var + eps) * scale + bias), mean, var
+
+
+def test_batchnorm_with_activation_matches_plain_autodiff_and_updates_statistics():
+  x = _images(n=4, size=6, channels=5, seed=5) * 3 + 1
+  bn = layers.BatchNorm(5, momentum=0.9, epsilon=1e-3, dtype=jnp.float32)
+  bn.scale.value = jnp.linspace(0.5, 2.0, 5)
+  bn.bias.value = jnp.linspace(-1.0, 1.0, 5)
+  cotangent = jax.random.normal(jax.random.key(6), x.shape)
+
+  def ours(bn, x):
+    return jnp.sum(bn(x, jax.nn.silu) * cotangent)
+
+  def plain(x, scale, bias):
+    return jnp.sum(_plain_batch_norm_act(x, scale, bias, 1e-3)[0] * cotangent)
+
+  args = (x, bn.scale[...], bn.bias[...])
+  expected_out, expected_mean, expected_var = _plain_batch_norm_act(*args, 1e-3)
+  np.testing.assert_allclose(bn(x, jax.nn.silu), expected_out, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(bn.mean[...], 0.1 * expected_mean, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * expected_var, rtol=1e-5)
+  param_grads, x_grad = nnx.grad(ours, argnums=(0, 1))(bn, x)
+  want = jax.grad(plain, argnums=(0, 1, 2))(*args)
+  for got, expected in zip((x_grad, param_grads["scale"][...], param_grads["bias"][...]), want):
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
 def test_auto_depthwise_is_shifted_on_cpu_and_bad_names_fail():
   assert layers.resolve_depthwise("auto") == "shifted"
   with pytest.raises(ValueError, match="model.depthwise"):

@@ -44,7 +44,7 @@ class ConvBnAct(nnx.Module):
     self.opts = opts
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.opts.act(self.bn(self.conv(x)))
+    return self.bn(self.conv(x), self.opts.act)
 
 
 class PointwiseBnAct(nnx.Module):
@@ -56,7 +56,7 @@ class PointwiseBnAct(nnx.Module):
     self.opts = opts
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.opts.act(self.bn(self.conv(x)))
+    return self.bn(self.conv(x), self.opts.act)
 
 
 class SqueezeExcite(nnx.Module):
@@ -101,8 +101,8 @@ class MBConv(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     y = x
     if self.expand_conv is not None:
-      y = self.opts.act(self.expand_bn(self.expand_conv(y)))
-    y = self.opts.act(self.dw_bn(self.dw_conv(y)))
+      y = self.expand_bn(self.expand_conv(y), self.opts.act)
+    y = self.dw_bn(self.dw_conv(y), self.opts.act)
     if self.se is not None:
       y = self.se(y)
     y = self.project_bn(self.project_conv(y))

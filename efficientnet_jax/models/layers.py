@@ -8,12 +8,15 @@ code than a 1x1 convolution (DESIGN.md, measured on XLA:CPU).
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 PADDINGS = ("same", "symmetric")
 DEPTHWISE_IMPLS = ("auto", "conv", "shifted")
@@ -134,25 +137,88 @@ class DepthwiseConv(nnx.Module):
 
 def depthwise_conv(x: jax.Array, w: jax.Array, stride: int, padding: str, impl: str) -> jax.Array:
   """Depthwise convolution of NHWC `x` with a (k, k, 1, C) kernel; impl 'conv' or 'shifted'."""
-  k, s = w.shape[0], stride
-  pads = _spatial_padding(x, k, s, padding)
+  pads = tuple(tuple(p) for p in _spatial_padding(x, w.shape[0], stride, padding))
   if impl == "conv":
     return jax.lax.conv_general_dilated(
-        x, w, window_strides=(s, s), padding=pads,
+        x, w, window_strides=(stride, stride), padding=pads,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1],
     )
+  return _shifted_depthwise(x, w, stride, pads)
+
+
+def _accumulator(dtype: jnp.dtype) -> jnp.dtype:
+  """Sums of taps run in float32 under bfloat16/float16 (the cast fuses; no copy is stored)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _tap(xp: jax.Array, i: int, j: int, stride: int, out_h: int, out_w: int) -> jax.Array:
+  """The strided window of padded `xp` that kernel tap (i, j) multiplies."""
+  n, _, _, c = xp.shape
+  return jax.lax.slice(xp, (0, i, j, 0),
+                       (n, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c),
+                       (1, stride, stride, 1))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _shifted_depthwise(x: jax.Array, w: jax.Array, stride: int,
+                       pads: tuple[tuple[int, int], ...]) -> jax.Array:
+  """Sum over the k*k taps of (strided window of padded x) * w[tap].
+
+  The backward is written by hand: differentiating the sum makes XLA store every tap's
+  window for the weight gradient (k*k copies of the activation per layer), which was most
+  of the CPU step time and memory. Here only `x` is kept; the backward scatters the output
+  gradient through the same taps (dx) and reduces window * gradient per tap (dw).
+  """
+  k = w.shape[0]
   n, h, wd, c = x.shape
-  out_h = (h + sum(pads[0]) - k) // s + 1
-  out_w = (wd + sum(pads[1]) - k) // s + 1
+  out_h = (h + sum(pads[0]) - k) // stride + 1
+  out_w = (wd + sum(pads[1]) - k) // stride + 1
   xp = jnp.pad(x, [(0, 0), pads[0], pads[1], (0, 0)])
-  out = None
+  acc = _accumulator(x.dtype)
+  out = sum(_tap(xp, i, j, stride, out_h, out_w).astype(acc) * w[i, j, 0].astype(acc)
+            for i in range(k) for j in range(k))
+  return out.astype(x.dtype)
+
+
+def _shifted_depthwise_fwd(x, w, stride, pads):
+  return _shifted_depthwise(x, w, stride, pads), (x, w)
+
+
+def _shifted_depthwise_bwd(stride, pads, residuals, g):
+  x, w = residuals
+  k = w.shape[0]
+  _, h, wd, _ = x.shape
+  out_h, out_w = g.shape[1], g.shape[2]
+  acc = _accumulator(x.dtype)
+  g = g.astype(acc)
+  padded_h, padded_w = h + sum(pads[0]), wd + sum(pads[1])
+  zero = jnp.zeros((), acc)
+  dx = 0
   for i in range(k):
     for j in range(k):
-      tap = jax.lax.slice(
-          xp, (0, i, j, 0), (n, i + s * (out_h - 1) + 1, j + s * (out_w - 1) + 1, c), (1, s, s, 1)
-      ) * w[i, j, 0]
-      out = tap if out is None else out + tap
-  return out
+      # Output (oh, ow) read padded input (i + s*oh, j + s*ow): place g there (interior
+      # padding s-1), then crop the padding away (negative edge padding).
+      placement = [(0, 0, 0),
+                   (i - pads[0][0], padded_h - i - stride * (out_h - 1) - 1 - pads[0][1], stride - 1),
+                   (j - pads[1][0], padded_w - j - stride * (out_w - 1) - 1 - pads[1][1], stride - 1),
+                   (0, 0, 0)]
+      dx = dx + jax.lax.pad(g, zero, placement) * w[i, j, 0].astype(acc)
+  # The weight gradient reads the forward's windows of x again, one window at a time:
+  # adding `0 * (a value computed just before)` orders the windows and keeps XLA from
+  # merging them with the forward's identical ones, which it would otherwise keep alive,
+  # all k*k of them, from the forward pass to here (most of the step's memory).
+  x = x.astype(acc)
+  previous = jax.lax.slice(g, (0, 0, 0, 0), (1, 1, 1, 1)).reshape(())
+  dw = []
+  for i in range(k):
+    for j in range(k):
+      xp = jnp.pad(x + previous * 0, [(0, 0), pads[0], pads[1], (0, 0)])
+      dw.append(jnp.sum(_tap(xp, i, j, stride, out_h, out_w) * g, axis=(0, 1, 2)))
+      previous = dw[-1][0]
+  return dx.astype(residuals[0].dtype), jnp.stack(dw).reshape(w.shape).astype(w.dtype)
+
+
+_shifted_depthwise.defvjp(_shifted_depthwise_fwd, _shifted_depthwise_bwd)
 
 
 class BatchNorm(nnx.Module):
@@ -174,22 +240,50 @@ class BatchNorm(nnx.Module):
     self.frozen = frozen
     self.use_running_average = False
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array,
+               act: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+    """Normalizes `x`, then applies `act` (if given) as part of the same layer."""
+    act = act or (lambda y: y)
     if self.use_running_average or self.frozen:
-      mean, var = self.mean[...], self.var[...]
-    else:
-      axes = tuple(range(x.ndim - 1))
-      xf = x.astype(jnp.float32)
-      mean = jnp.mean(xf, axes)
-      var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
-      m = self.momentum
-      # `.value =` replaces the array; `[...] =` makes flax probe the tracer's sharding,
-      # which cost ~80% of the trace time of a B7 training step.
-      self.mean.value = m * self.mean[...] + (1.0 - m) * mean
-      self.var.value = m * self.var[...] + (1.0 - m) * var
-    mul = self.scale[...] * jax.lax.rsqrt(var + self.epsilon)
-    add = self.bias[...] - mean * mul
-    return x * mul.astype(x.dtype) + add.astype(x.dtype)
+      return act(_normalize(x, self.mean[...], self.var[...], self.scale[...], self.bias[...],
+                            self.epsilon))
+    y, mean, var = _train_batch_norm(x, self.scale[...], self.bias[...], self.epsilon, act)
+    m = self.momentum
+    # `.value =` replaces the array; `[...] =` makes flax probe the tracer's sharding,
+    # which cost ~80% of the trace time of a B7 training step.
+    self.mean.value = m * self.mean[...] + (1.0 - m) * mean
+    self.var.value = m * self.var[...] + (1.0 - m) * var
+    return y
+
+
+def _normalize(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array, bias: jax.Array,
+               epsilon: float) -> jax.Array:
+  mul = scale * jax.lax.rsqrt(var + epsilon)
+  add = bias - mean * mul
+  return x * mul.astype(x.dtype) + add.astype(x.dtype)
+
+
+def _train_batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
+                      act: Callable[[jax.Array], jax.Array]
+                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """act(BatchNorm(x)) with batch statistics, and those statistics (mean, var).
+
+  Rematerialised: the backward keeps only `x` and the per-channel statistics and recomputes
+  the normalisation and activation (elementwise work) instead of storing their
+  intermediates, which were three of every five activation-sized tensors kept for the
+  backward pass.
+  """
+
+  def forward(x, scale, bias):
+    axes = tuple(range(x.ndim - 1))
+    xf = x.astype(jnp.float32)
+    mean = checkpoint_name(jnp.mean(xf, axes), "batch_norm_statistics")
+    var = jnp.mean(jnp.square(xf), axes) - jnp.square(mean)
+    var = checkpoint_name(jnp.maximum(var, 0.0), "batch_norm_statistics")
+    return act(_normalize(x, mean, var, scale, bias, epsilon)), mean, var
+
+  policy = jax.checkpoint_policies.save_only_these_names("batch_norm_statistics")
+  return jax.checkpoint(forward, policy=policy)(x, scale, bias)
 
 
 class DropPath(nnx.Module):
