@@ -9,7 +9,7 @@ import importlib
 import pkgutil
 import sys
 
-from efficientnet_jax import benchmarks
+from efficientnet_jax import benchmarks, hugepages
 
 
 def subcommands() -> list[str]:
@@ -26,4 +26,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  hugepages.reexec_with_huge_pages()  # Inherited by the benchmark's worker processes.
   main(sys.argv)

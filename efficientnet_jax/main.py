@@ -10,10 +10,15 @@ with explicit --coordinator_address --num_processes --process_id (see launch/).
 
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from efficientnet_jax import hugepages
 
-from efficientnet_jax import metrics, parallel, train
+if __name__ == "__main__":
+  hugepages.reexec_with_huge_pages()  # Before the imports below start threads.
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from efficientnet_jax import metrics, parallel, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training configuration file (see configs/).", lock_config=True)
