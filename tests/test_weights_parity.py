@@ -80,8 +80,10 @@ def test_bfloat16_top1_agrees_with_float32_b0():
   10-class head (1000 random classes leave almost every top-1 a near-tie). A random deep
   network amplifies rounding far more than a trained one: on examples whose float32 top-2
   logits are >= 0.1 apart (a logit spreads ~0.8 over the batch), PyTorch's bf16 B0 keeps
-  its float32 top-1 on only 98.7-99.4% (5 batches measured), so 99% cannot be demanded
-  of ours. Ours must agree on >= 98% of those examples and be within a point of PyTorch.
+  its float32 top-1 on only 98.7-99.4% (5 batches measured). Ours normalises, activates
+  and gates in float32 inside the fused elementwise work (bf16 in and out): 99.4-100% on
+  3 batches (98.4-99.0% when those ran in bf16). Ours must agree on >= 99% of those
+  examples and not trail PyTorch by more than half a point.
   """
   reference = ref.randomized_geffnet("efficientnet_b0", CALIBRATION, num_classes=10)
   weights = convert_tensors(ref.state_dict_numpy(reference), "b0", SOURCES["timm"])
@@ -96,5 +98,5 @@ def test_bfloat16_top1_agrees_with_float32_b0():
   _, theirs = _top1_agreement(bf16, f32, 0.1)
 
   assert decided >= 0.5
-  assert ours >= 0.98
-  assert ours >= theirs - 0.01
+  assert ours >= 0.99
+  assert ours >= theirs - 0.005

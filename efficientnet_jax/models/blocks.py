@@ -69,7 +69,7 @@ class SqueezeExcite(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     s = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(x.dtype)
     s = self.expand(jax.nn.silu(self.reduce(s)))
-    return x * jax.nn.sigmoid(s)
+    return (x.astype(jnp.float32) * jax.nn.sigmoid(s.astype(jnp.float32))).astype(x.dtype)
 
 
 class MBConv(nnx.Module):
