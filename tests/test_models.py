@@ -1,6 +1,7 @@
 """EfficientNet structure, modes, padding, depthwise implementations, dtypes."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -243,6 +244,23 @@ def test_batchnorm_with_activation_matches_plain_autodiff_and_updates_statistics
   want = jax.grad(plain, argnums=(0, 1, 2))(*args)
   for got, expected in zip((x_grad, param_grads["scale"][...], param_grads["bias"][...]), want):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+def test_bfloat16_training_saves_no_float32_activations(capsys):
+  """The backward keeps activations in bf16: float32 math stays inside fused elementwise ops."""
+  model = create_model("b0", num_classes=10, dtype="bfloat16")
+  model.train()
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(params, rest, x):
+    return jnp.sum(nnx.merge(graphdef, params, rest)(x).astype(jnp.float32))
+
+  jax.ad_checkpoint.print_saved_residuals(loss, params, rest, _images(size=64))
+  saved = capsys.readouterr().out.splitlines()
+  assert any(line.startswith("bf16[2,32,32,") for line in saved)  # The listing is parsed.
+  float32_maps = [line for line in saved if re.match(r"f32\[\d+,(\d+),(\d+),\d+\]", line)
+                  and not re.match(r"f32\[\d+,1,1,", line) and "argument" not in line]
+  assert not float32_maps, float32_maps
+
 
 def test_auto_depthwise_is_shifted_on_cpu_and_bad_names_fail():
   assert layers.resolve_depthwise("auto") == "shifted"

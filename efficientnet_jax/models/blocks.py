@@ -69,7 +69,9 @@ class SqueezeExcite(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     s = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(x.dtype)
     s = self.expand(jax.nn.silu(self.reduce(s)))
-    return (x.astype(jnp.float32) * jax.nn.sigmoid(s.astype(jnp.float32))).astype(x.dtype)
+    # The gate is computed in float32; multiplying in x's dtype keeps the backward's saved
+    # copy of x in that dtype (a float32 product stored a float32 copy of every SE input).
+    return x * jax.nn.sigmoid(s.astype(jnp.float32)).astype(x.dtype)
 
 
 class MBConv(nnx.Module):
