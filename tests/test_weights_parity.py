@@ -81,7 +81,7 @@ def test_bfloat16_top1_agrees_with_float32_b0():
   network amplifies rounding far more than a trained one: on examples whose float32 top-2
   logits are >= 0.1 apart (a logit spreads ~0.8 over the batch), PyTorch's bf16 B0 keeps
   its float32 top-1 on only 98.7-99.4% (5 batches measured). Ours normalises, activates
-  and gates in float32 inside the fused elementwise work (bf16 in and out): 99.4-100% on
+  and gates in float32 inside the fused elementwise work (bf16 in and out): 99.4-99.7% on
   3 batches (98.4-99.0% when those ran in bf16). Ours must agree on >= 99% of those
   examples and not trail PyTorch by more than half a point.
   """
