@@ -224,7 +224,7 @@ def _plain_batch_norm_act(x, scale, bias, eps):
 
 def test_batchnorm_with_activation_matches_plain_autodiff_and_updates_statistics():
   x = _images(n=4, size=6, channels=5, seed=5) * 3 + 1
-  bn = layers.BatchNorm(5, momentum=0.9, epsilon=1e-3, dtype=jnp.float32)
+  bn = layers.BatchNorm(5, momentum=0.9, epsilon=1e-3)
   bn.scale.value = jnp.linspace(0.5, 2.0, 5)
   bn.bias.value = jnp.linspace(-1.0, 1.0, 5)
   cotangent = jax.random.normal(jax.random.key(6), x.shape)

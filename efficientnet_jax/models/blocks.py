@@ -27,7 +27,7 @@ class LayerOptions:
 
   def bn(self, channels: int) -> layers.BatchNorm:
     return layers.BatchNorm(channels, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                            dtype=self.dtype, frozen=self.freeze_bn)
+                            frozen=self.freeze_bn)
 
   def act(self, x: jax.Array) -> jax.Array:
     return layers.ACTIVATIONS[self.activation](x)

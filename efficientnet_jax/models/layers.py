@@ -206,7 +206,8 @@ def _shifted_depthwise_bwd(stride, pads, residuals, g):
   # The weight gradient reads the forward's windows of x again, one window at a time:
   # adding `0 * (a value computed just before)` orders the windows and keeps XLA from
   # merging them with the forward's identical ones, which it would otherwise keep alive,
-  # all k*k of them, from the forward pass to here (most of the step's memory).
+  # all k*k of them, from the forward pass to here (most of the step's memory). A
+  # non-finite gradient makes dw non-finite either way.
   x = x.astype(acc)
   previous = jax.lax.slice(g, (0, 0, 0, 0), (1, 1, 1, 1)).reshape(())
   dw = []
@@ -222,21 +223,19 @@ _shifted_depthwise.defvjp(_shifted_depthwise_fwd, _shifted_depthwise_bwd)
 
 
 class BatchNorm(nnx.Module):
-  """BatchNorm over N, H, W with float32 statistics, whatever the compute dtype.
+  """BatchNorm over N, H, W with float32 statistics; the output has the input's dtype.
 
   `use_running_average` is toggled by model.train() / model.eval(); `frozen` keeps the
   running statistics in use (and unchanged) in training mode as well.
   """
 
-  def __init__(self, channels: int, *, momentum: float, epsilon: float, dtype: jnp.dtype,
-               frozen: bool = False):
+  def __init__(self, channels: int, *, momentum: float, epsilon: float, frozen: bool = False):
     self.scale = nnx.Param(jnp.ones((channels,), jnp.float32))
     self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
     self.mean = nnx.BatchStat(jnp.zeros((channels,), jnp.float32))
     self.var = nnx.BatchStat(jnp.ones((channels,), jnp.float32))
     self.momentum = momentum
     self.epsilon = epsilon
-    self.dtype = dtype
     self.frozen = frozen
     self.use_running_average = False
 
