@@ -86,19 +86,20 @@ class JaxSteps:
     }
     self.train_batch = {k: self.batch[k] for k in ("image", "label")}
     start = time.perf_counter()
-    self._train = train_step.lower(self.state, self.train_batch).compile()
-    self._eval = eval_step.lower(self.state.params, self.state.batch_stats, self.state.rngs,
+    self.compiled_train = train_step.lower(self.state, self.train_batch).compile()
+    self.compiled_eval = eval_step.lower(self.state.params, self.state.batch_stats, self.state.rngs,
                                  self.batch).compile()
     self.compile_s = time.perf_counter() - start
     self.device = jax.devices()[0]
 
   def train(self, batch: dict[str, Any] | None = None) -> Any:
-    self.state, metrics = self._train(self.state, self.train_batch if batch is None else batch)
+    batch = self.train_batch if batch is None else batch
+    self.state, metrics = self.compiled_train(self.state, batch)
     return metrics
 
   def evaluate(self) -> Any:
     s = self.state
-    return self._eval(s.params, s.batch_stats, s.rngs, self.batch)
+    return self.compiled_eval(s.params, s.batch_stats, s.rngs, self.batch)
 
   def peak_bytes(self) -> int:
     stats = self.device.memory_stats() or {}
