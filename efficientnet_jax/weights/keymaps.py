@@ -45,105 +45,108 @@ class TensorMapping:
 _BN_FIELDS = (("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"), ("var", "running_var"))
 
 
-class _MapBuilder:
-  def __init__(self):
-    self.mappings: list[TensorMapping] = []
+@dataclasses.dataclass(frozen=True)
+class _BlockKeys:
+  """Checkpoint prefixes of one MBConv's layers: (conv, its BatchNorm) pairs, whose conv
+  weight is '<conv>.weight', and the squeeze-excite (reduce, expand) 1x1 convs."""
 
-  def add(self, target: str, source: str, transform: str) -> None:
-    self.mappings.append(TensorMapping(target, source, transform))
-
-  def bn(self, target: str, source: str) -> None:
-    for ours, theirs in _BN_FIELDS:
-      self.add(f"{target}/{ours}", f"{source}.{theirs}", "vector")
-
-  def se(self, target: str, reduce: str, expand: str) -> None:
-    for ours, theirs in (("reduce", reduce), ("expand", expand)):
-      self.add(f"{target}/{ours}/kernel", f"{theirs}.weight", "pointwise")
-      self.add(f"{target}/{ours}/bias", f"{theirs}.bias", "vector")
+  expand: tuple[str, str] | None
+  dw: tuple[str, str]
+  se: tuple[str, str] | None
+  project: tuple[str, str]
 
 
-def _timm_map(blocks: list[specs.BlockSpec]) -> list[TensorMapping]:
-  m = _MapBuilder()
-  m.add("stem/conv/kernel", "conv_stem.weight", "conv")
-  m.bn("stem/bn", "bn1")
+@dataclasses.dataclass(frozen=True)
+class _LayoutKeys:
+  """Checkpoint prefixes of a whole network in one key layout."""
+
+  stem: tuple[str, str]
+  blocks: list[_BlockKeys]
+  head: tuple[str, str]
+  classifier: str
+
+
+def _timm_keys(blocks: list[specs.BlockSpec]) -> _LayoutKeys:
+  keys = []
   for b in blocks:
-    ours, theirs = b.name, f"blocks.{b.stage}.{b.index}"
+    p = f"blocks.{b.stage}.{b.index}"
+    se = (f"{p}.se.conv_reduce", f"{p}.se.conv_expand") if b.se_channels else None
     if b.expand_ratio == 1:  # timm's DepthwiseSeparableConv: conv_dw, bn1, se, conv_pw, bn2.
-      dw_bn, project, project_bn = "bn1", "conv_pw", "bn2"
+      keys.append(_BlockKeys(None, (f"{p}.conv_dw", f"{p}.bn1"), se, (f"{p}.conv_pw", f"{p}.bn2")))
     else:  # InvertedResidual: conv_pw, bn1, conv_dw, bn2, se, conv_pwl, bn3.
-      m.add(f"{ours}/expand_conv/kernel", f"{theirs}.conv_pw.weight", "pointwise")
-      m.bn(f"{ours}/expand_bn", f"{theirs}.bn1")
-      dw_bn, project, project_bn = "bn2", "conv_pwl", "bn3"
-    m.add(f"{ours}/dw_conv/kernel", f"{theirs}.conv_dw.weight", "conv")
-    m.bn(f"{ours}/dw_bn", f"{theirs}.{dw_bn}")
-    if b.se_channels:
-      m.se(f"{ours}/se", f"{theirs}.se.conv_reduce", f"{theirs}.se.conv_expand")
-    m.add(f"{ours}/project_conv/kernel", f"{theirs}.{project}.weight", "pointwise")
-    m.bn(f"{ours}/project_bn", f"{theirs}.{project_bn}")
-  m.add("head/conv/kernel", "conv_head.weight", "pointwise")
-  m.bn("head/bn", "bn2")
-  m.add("classifier/kernel", "classifier.weight", "dense")
-  m.add("classifier/bias", "classifier.bias", "vector")
-  return m.mappings
+      keys.append(_BlockKeys((f"{p}.conv_pw", f"{p}.bn1"), (f"{p}.conv_dw", f"{p}.bn2"), se,
+                             (f"{p}.conv_pwl", f"{p}.bn3")))
+  return _LayoutKeys(("conv_stem", "bn1"), keys, ("conv_head", "bn2"), "classifier")
 
 
-def _lukemelas_map(blocks: list[specs.BlockSpec]) -> list[TensorMapping]:
-  m = _MapBuilder()
-  m.add("stem/conv/kernel", "_conv_stem.weight", "conv")
-  m.bn("stem/bn", "_bn0")
+def _lukemelas_keys(blocks: list[specs.BlockSpec]) -> _LayoutKeys:
+  keys = []
   for n, b in enumerate(blocks):
-    ours, theirs = b.name, f"_blocks.{n}"
-    if b.expand_ratio != 1:
-      m.add(f"{ours}/expand_conv/kernel", f"{theirs}._expand_conv.weight", "pointwise")
-      m.bn(f"{ours}/expand_bn", f"{theirs}._bn0")
-    m.add(f"{ours}/dw_conv/kernel", f"{theirs}._depthwise_conv.weight", "conv")
-    m.bn(f"{ours}/dw_bn", f"{theirs}._bn1")
-    if b.se_channels:
-      m.se(f"{ours}/se", f"{theirs}._se_reduce", f"{theirs}._se_expand")
-    m.add(f"{ours}/project_conv/kernel", f"{theirs}._project_conv.weight", "pointwise")
-    m.bn(f"{ours}/project_bn", f"{theirs}._bn2")
-  m.add("head/conv/kernel", "_conv_head.weight", "pointwise")
-  m.bn("head/bn", "_bn1")
-  m.add("classifier/kernel", "_fc.weight", "dense")
-  m.add("classifier/bias", "_fc.bias", "vector")
-  return m.mappings
+    p = f"_blocks.{n}"
+    keys.append(_BlockKeys(
+        (f"{p}._expand_conv", f"{p}._bn0") if b.expand_ratio != 1 else None,
+        (f"{p}._depthwise_conv", f"{p}._bn1"),
+        (f"{p}._se_reduce", f"{p}._se_expand") if b.se_channels else None,
+        (f"{p}._project_conv", f"{p}._bn2")))
+  return _LayoutKeys(("_conv_stem", "_bn0"), keys, ("_conv_head", "_bn1"), "_fc")
 
 
-def _torchvision_map(blocks: list[specs.BlockSpec]) -> list[TensorMapping]:
-  """torchvision.models.efficientnet (V1): nn.Sequential indices instead of names."""
-  m = _MapBuilder()
-  m.add("stem/conv/kernel", "features.0.0.weight", "conv")  # Conv2dNormActivation: 0 conv, 1 BN.
-  m.bn("stem/bn", "features.0.1")
+def _torchvision_keys(blocks: list[specs.BlockSpec]) -> _LayoutKeys:
+  """torchvision.models.efficientnet (V1): nn.Sequential indices instead of names.
+
+  Conv2dNormActivation holds 0 conv, 1 BN; MBConv.block holds [expand conv (only if
+  expand_ratio != 1)], depthwise, SqueezeExcitation, project.
+  """
+  keys = []
   for b in blocks:
-    ours, theirs = b.name, f"features.{b.stage + 1}.{b.index}.block"
-    # MBConv.block: [expand conv (only if expand_ratio != 1)], depthwise, SqueezeExcitation, project.
+    p = f"features.{b.stage + 1}.{b.index}.block"
     dw = 0 if b.expand_ratio == 1 else 1
-    se, project = dw + 1, dw + (2 if b.se_channels else 1)
-    if dw:
-      m.add(f"{ours}/expand_conv/kernel", f"{theirs}.0.0.weight", "pointwise")
-      m.bn(f"{ours}/expand_bn", f"{theirs}.0.1")
-    m.add(f"{ours}/dw_conv/kernel", f"{theirs}.{dw}.0.weight", "conv")
-    m.bn(f"{ours}/dw_bn", f"{theirs}.{dw}.1")
-    if b.se_channels:  # Every torchvision MBConv has one; a Lite arch will not match its keys.
-      m.se(f"{ours}/se", f"{theirs}.{se}.fc1", f"{theirs}.{se}.fc2")
-    m.add(f"{ours}/project_conv/kernel", f"{theirs}.{project}.0.weight", "pointwise")
-    m.bn(f"{ours}/project_bn", f"{theirs}.{project}.1")
+    project = dw + (2 if b.se_channels else 1)
+    keys.append(_BlockKeys(
+        (f"{p}.0.0", f"{p}.0.1") if dw else None,
+        (f"{p}.{dw}.0", f"{p}.{dw}.1"),
+        # Every torchvision MBConv has an SE; a Lite arch will not match its keys.
+        (f"{p}.{dw + 1}.fc1", f"{p}.{dw + 1}.fc2") if b.se_channels else None,
+        (f"{p}.{project}.0", f"{p}.{project}.1")))
   head = f"features.{blocks[-1].stage + 2}"  # After the stem and every stage.
-  m.add("head/conv/kernel", f"{head}.0.weight", "pointwise")
-  m.bn("head/bn", f"{head}.1")
-  m.add("classifier/kernel", "classifier.1.weight", "dense")  # classifier.0 is the Dropout.
-  m.add("classifier/bias", "classifier.1.bias", "vector")
-  return m.mappings
+  return _LayoutKeys(("features.0.0", "features.0.1"), keys, (f"{head}.0", f"{head}.1"),
+                     "classifier.1")  # classifier.0 is the Dropout.
 
 
-_LAYOUT_MAPS = {TIMM_LAYOUT: _timm_map, LUKEMELAS_LAYOUT: _lukemelas_map,
-                TORCHVISION_LAYOUT: _torchvision_map}
+def _mappings(blocks: list[specs.BlockSpec], keys: _LayoutKeys) -> list[TensorMapping]:
+  """Our parameter paths paired with one layout's keys."""
+  out: list[TensorMapping] = []
+
+  def conv_bn(conv: str, bn: str, pair: tuple[str, str], transform: str) -> None:
+    out.append(TensorMapping(f"{conv}/kernel", f"{pair[0]}.weight", transform))
+    out.extend(TensorMapping(f"{bn}/{ours}", f"{pair[1]}.{theirs}", "vector")
+               for ours, theirs in _BN_FIELDS)
+
+  conv_bn("stem/conv", "stem/bn", keys.stem, "conv")
+  for b, k in zip(blocks, keys.blocks):
+    if k.expand is not None:
+      conv_bn(f"{b.name}/expand_conv", f"{b.name}/expand_bn", k.expand, "pointwise")
+    conv_bn(f"{b.name}/dw_conv", f"{b.name}/dw_bn", k.dw, "conv")
+    if k.se is not None:
+      for ours, theirs in zip(("reduce", "expand"), k.se):
+        target = f"{b.name}/se/{ours}"
+        out.append(TensorMapping(f"{target}/kernel", f"{theirs}.weight", "pointwise"))
+        out.append(TensorMapping(f"{target}/bias", f"{theirs}.bias", "vector"))
+    conv_bn(f"{b.name}/project_conv", f"{b.name}/project_bn", k.project, "pointwise")
+  conv_bn("head/conv", "head/bn", keys.head, "pointwise")
+  out.append(TensorMapping("classifier/kernel", f"{keys.classifier}.weight", "dense"))
+  out.append(TensorMapping("classifier/bias", f"{keys.classifier}.bias", "vector"))
+  return out
+
+
+_LAYOUT_KEYS = {TIMM_LAYOUT: _timm_keys, LUKEMELAS_LAYOUT: _lukemelas_keys,
+                TORCHVISION_LAYOUT: _torchvision_keys}
 
 
 def tensor_map(arch: str, layout: str) -> list[TensorMapping]:
   """Every tensor of `arch`'s parameter tree and the `layout` key that fills it."""
   blocks = specs.build_blocks(specs.get_variant(arch), drop_connect_rate=0.0)
-  return _LAYOUT_MAPS[layout](blocks)
+  return _mappings(blocks, _LAYOUT_KEYS[layout](blocks))
 
 
 # Checkpoint tensors with no counterpart in our tree, and why they are not needed.
