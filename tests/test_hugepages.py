@@ -1,6 +1,7 @@
 """The re-exec that puts glibc's malloc on transparent huge pages."""
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -33,7 +34,7 @@ def test_thp_mode_reads_the_bracketed_choice(tmp_path):
 
 
 @pytest.mark.skipif(hugepages.tunables_with_huge_pages(
-    {}, hugepages.thp_mode(), __import__("platform").libc_ver()) is None,
+    {}, hugepages.thp_mode(), platform.libc_ver()) is None,
     reason="this host's kernel/glibc need no restart (THP not 'madvise' or glibc < 2.35)")
 def test_entry_point_restarts_itself_once_with_the_tunable():
   code = ("import os; from efficientnet_jax import hugepages; "

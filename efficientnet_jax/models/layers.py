@@ -54,8 +54,9 @@ def resolve_depthwise(impl: str) -> str:
   return impl
 
 
-def _spatial_padding(x: jax.Array, kernel: int, stride: int, padding: str) -> list[tuple[int, int]]:
-  return [pad_amounts(x.shape[axis], kernel, stride, padding) for axis in (1, 2)]
+def _spatial_padding(x: jax.Array, kernel: int, stride: int, padding: str
+                     ) -> tuple[tuple[int, int], tuple[int, int]]:
+  return tuple(pad_amounts(x.shape[axis], kernel, stride, padding) for axis in (1, 2))
 
 
 def he_normal(init: np.random.Generator, shape: tuple[int, ...], fan_out: int) -> jax.Array:
@@ -137,7 +138,7 @@ class DepthwiseConv(nnx.Module):
 
 def depthwise_conv(x: jax.Array, w: jax.Array, stride: int, padding: str, impl: str) -> jax.Array:
   """Depthwise convolution of NHWC `x` with a (k, k, 1, C) kernel; impl 'conv' or 'shifted'."""
-  pads = tuple(tuple(p) for p in _spatial_padding(x, w.shape[0], stride, padding))
+  pads = _spatial_padding(x, w.shape[0], stride, padding)
   if impl == "conv":
     return jax.lax.conv_general_dilated(
         x, w, window_strides=(stride, stride), padding=pads,
