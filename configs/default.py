@@ -21,7 +21,7 @@ def _model() -> ml_collections.ConfigDict:
   m.bn_momentum = 0.99
   m.bn_epsilon = 1e-3
   m.dtype = "float32"  # Compute dtype: float32 or bfloat16 (params and BN stay float32).
-  m.depthwise = "auto"  # Depthwise conv: auto (per backend), conv (XLA grouped), shifted.
+  m.depthwise = "auto"  # Depthwise conv: auto (per backend), conv (XLA grouped), shifted, native (C++, CPU).
   m.freeze_bn = False  # Keep BatchNorm statistics frozen while training.
   m.remat = False  # Recompute each block in the backward pass: less memory (B5-B7), ~30% slower.
   # Fresh classifier init: "tf" U(+-1/sqrt(classes)) official; "torch" U(+-1/sqrt(features)),

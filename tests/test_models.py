@@ -148,7 +148,7 @@ def test_pad_amounts_follow_tf_same_and_torch_symmetric():
     layers.pad_amounts(224, 3, 2, "valid")
 
 
-@pytest.mark.parametrize("impl", ["conv", "shifted"])
+@pytest.mark.parametrize("impl", ["conv", "shifted", "native"])
 def test_padding_modes_differ_only_for_stride_two(impl):
   x = _images(size=16, channels=8)
   for stride, should_match in ((1, True), (2, False)):
@@ -174,30 +174,36 @@ def test_whole_model_padding_option_changes_logits():
   assert not np.allclose(outs[0], outs[1], atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, "same"), (3, 2, "same"), (5, 2, "same"),
-                                                   (5, 2, "symmetric"), (5, 1, "symmetric")])
-def test_shifted_depthwise_matches_xla_conv_and_gradients(kernel, stride, padding):
-  x = _images(n=2, size=15, channels=6, seed=1)
-  w = jax.random.normal(jax.random.key(2), (kernel, kernel, 1, 6))
+@pytest.mark.parametrize("impl", ["shifted", "native"])
+@pytest.mark.parametrize("kernel,stride,padding,channels,size", [
+    (3, 1, "same", 6, 15), (3, 2, "same", 84, 15), (5, 2, "same", 6, 15),
+    (5, 2, "symmetric", 84, 15), (5, 1, "symmetric", 6, 15), (5, 2, "same", 6, 2),
+    (5, 1, "symmetric", 6, 2), (3, 2, "symmetric", 6, 1)])
+def test_depthwise_impls_match_xla_conv_and_gradients(impl, kernel, stride, padding, channels,
+                                                      size):
+  """84 channels = one 64-wide, one 16-wide and one partial block of the native kernel; sizes
+  1 and 2 leave kernel taps entirely outside the image (B0 at 32 px ends at 1x1)."""
+  x = _images(n=2, size=size, channels=channels, seed=1)
+  w = jax.random.normal(jax.random.key(2), (kernel, kernel, 1, channels))
 
   def loss(w, x, impl):
     return jnp.sum(jnp.sin(layers.depthwise_conv(x, w, stride, padding, impl)))
 
-  np.testing.assert_allclose(layers.depthwise_conv(x, w, stride, padding, "shifted"),
+  np.testing.assert_allclose(layers.depthwise_conv(x, w, stride, padding, impl),
                              layers.depthwise_conv(x, w, stride, padding, "conv"),
                              rtol=1e-5, atol=1e-5)
   g_ref = jax.grad(loss, argnums=(0, 1))(w, x, "conv")
-  g_new = jax.grad(loss, argnums=(0, 1))(w, x, "shifted")
+  g_new = jax.grad(loss, argnums=(0, 1))(w, x, impl)
   for a, b in zip(g_new, g_ref):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_shifted_depthwise_in_bfloat16_accumulates_in_float32():
+@pytest.mark.parametrize("impl", ["shifted", "native"])
+def test_depthwise_in_bfloat16_accumulates_in_float32(impl):
   x = _images(n=2, size=16, channels=8, seed=3)
   w = jax.random.normal(jax.random.key(4), (5, 5, 1, 8)) * 0.2
   reference = layers.depthwise_conv(x, w, 1, "same", "conv")
-  out = layers.depthwise_conv(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), 1, "same",
-                              "shifted")
+  out = layers.depthwise_conv(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), 1, "same", impl)
   assert out.dtype == jnp.bfloat16
   # Inputs rounded to bf16 (rel 2^-9) and one final rounding; a bf16 running sum of 25 taps
   # would add up to 25 roundings.
@@ -262,10 +268,18 @@ def test_bfloat16_training_saves_no_float32_activations(capsys):
   assert not float32_maps, float32_maps
 
 
-def test_auto_depthwise_is_shifted_on_cpu_and_bad_names_fail():
-  assert layers.resolve_depthwise("auto") == "shifted"
+def test_auto_depthwise_is_native_on_cpu_and_bad_names_fail():
+  assert layers.resolve_depthwise("auto") == "native"
   with pytest.raises(ValueError, match="model.depthwise"):
     layers.resolve_depthwise("fast")
+
+
+def test_auto_depthwise_falls_back_to_shifted_without_the_native_kernel(monkeypatch, caplog):
+  monkeypatch.setattr(layers.native, "unavailable_reason", lambda: "no C++ compiler")
+  assert layers.resolve_depthwise("auto") == "shifted"
+  assert "no C++ compiler" in caplog.text
+  with pytest.raises(layers.native.NativeBuildError, match="no C\\+\\+ compiler"):
+    layers.resolve_depthwise("native")
 
 
 def test_frozen_batchnorm_keeps_statistics_in_training_mode():

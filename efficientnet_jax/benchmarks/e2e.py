@@ -25,7 +25,7 @@ from efficientnet_jax.benchmarks.step import JaxSteps, add_model_args
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m efficientnet_jax.benchmark e2e",
                               description=__doc__.split("\n")[0])
-  add_model_args(p, depthwise_help="auto, conv or shifted.")
+  add_model_args(p, depthwise_help="auto, conv, shifted or native.")
   p.add_argument("--steps", type=int, default=20, help="Timed steps per run.")
   p.add_argument("--warmup", type=int, default=3, help="Untimed steps before each run.")
   input_benchmark.add_data_args(p, synthetic_images=512)

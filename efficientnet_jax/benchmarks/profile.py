@@ -96,7 +96,7 @@ def format_rows(rows: Sequence[dict[str, object]], top: int) -> str:
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m efficientnet_jax.benchmark profile",
                               description=__doc__.split("\n")[0])
-  add_model_args(p, depthwise_help="auto, conv or shifted.")
+  add_model_args(p, depthwise_help="auto, conv, shifted or native.")
   p.add_argument("--mode", default="train", choices=("train", "eval"))
   p.add_argument("--warmup", type=int, default=2, help="Untimed steps before the traced one.")
   p.add_argument("--top", type=int, default=20, help="Rows to print.")

@@ -1,7 +1,7 @@
 """Step benchmark: our jitted train/eval step vs timm + PyTorch on the same shapes.
 
   python -m efficientnet_jax.benchmark step --arch=b0 --batch=64 [--res=224]
-      [--dtype=bfloat16] [--depthwise=conv,shifted] [--vs-torch] [--json=out.json]
+      [--dtype=bfloat16] [--depthwise=native,shifted] [--vs-torch] [--json=out.json]
 
 Each contender runs in its own subprocess (its own peak memory, its own thread pools):
 one per depthwise implementation of ours, and with --vs-torch the PyTorch reference
@@ -225,7 +225,7 @@ def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m efficientnet_jax.benchmark step",
                               description=__doc__.split("\n\n")[0])
   add_model_args(p, depthwise_help="Comma-separated depthwise implementations to time: auto, "
-                 "conv, shifted.")
+                 "conv, shifted, native.")
   p.add_argument("--remat", action="store_true", help="Rematerialise each block (less memory).")
   p.add_argument("--vs-torch", action="store_true", help="Also time the PyTorch reference.")
   p.add_argument("--steps", type=int, default=5, help="Steps per timed run.")

@@ -104,7 +104,7 @@ class MBConv(nnx.Module):
     y = x
     if self.expand_conv is not None:
       y = self.expand_bn(self.expand_conv(y), self.opts.act)
-    y = self.dw_bn(self.dw_conv(y), self.opts.act)
+    y = layers.depthwise_bn_act(self.dw_conv, self.dw_bn, self.opts.activation, y)
     if self.se is not None:
       y = self.se(y)
     y = self.project_bn(self.project_conv(y))

@@ -15,11 +15,14 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from efficientnet_jax import native
+
 PADDINGS = ("same", "symmetric")
-DEPTHWISE_IMPLS = ("auto", "conv", "shifted")
+DEPTHWISE_IMPLS = ("auto", "conv", "shifted", "native")
 
 
 def check_padding(padding: str) -> None:
@@ -43,14 +46,36 @@ def pad_amounts(size: int, kernel: int, stride: int, padding: str) -> tuple[int,
 
 
 def resolve_depthwise(impl: str) -> str:
-  """'auto' picks the faster depthwise implementation for the default backend."""
+  """'auto' picks the fastest depthwise implementation for the default backend.
+
+  On one CPU device that is the native C++ kernel, or 'shifted' (with a warning saying why)
+  where it cannot be built; on GPU/TPU XLA's grouped convolution. Several CPU devices get
+  'shifted': XLA cannot split the kernel's custom call over a batch-sharded mesh, so each
+  device would gather the whole batch and repeat the work (correct, but slow).
+  """
   if impl not in DEPTHWISE_IMPLS:
     raise ValueError(
         f"Unknown depthwise implementation {impl!r} (config field model.depthwise); "
         f"use one of {DEPTHWISE_IMPLS}."
     )
+  on_cpu = jax.default_backend() == "cpu"
   if impl == "auto":
-    return "shifted" if jax.default_backend() == "cpu" else "conv"
+    if not on_cpu:
+      return "conv"
+    if jax.device_count() > 1:
+      return "shifted"
+    reason = native.unavailable_reason()
+    if reason is None:
+      return "native"
+    logging.warning("Native depthwise kernel unavailable, using 'shifted': %s", reason)
+    return "shifted"
+  if impl == "native":
+    if not on_cpu:
+      raise ValueError(f"model.depthwise='native' is a CPU kernel; the default backend is "
+                       f"{jax.default_backend()!r}: use 'conv' or 'auto'.")
+    reason = native.unavailable_reason()
+    if reason is not None:
+      raise native.NativeBuildError(reason)
   return impl
 
 
@@ -109,7 +134,12 @@ class Dense(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    # A 2-D matmul: with the spatial axes kept, the weight gradient contracts three axes, and
+    # XLA:CPU then recomputed the incoming gradient's producer to write it transposed
+    # (20% of a B0 training step); flattened, the dot reads it in place.
+    kernel = self.kernel[...].astype(self.dtype)
+    y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), kernel)
+    y = y.reshape(*x.shape[:-1], kernel.shape[-1])
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
@@ -120,7 +150,8 @@ class DepthwiseConv(nnx.Module):
 
   impl 'conv' is XLA's grouped convolution; 'shifted' sums k*k strided slices of the
   padded input times per-channel weights: the same arithmetic as elementwise work,
-  which XLA:CPU runs several times faster forward and backward.
+  which XLA:CPU runs several times faster forward and backward; 'native' is a C++ CPU
+  kernel (efficientnet_jax/native) that also computes both gradients in one pass.
   """
 
   def __init__(self, channels: int, kernel: int, stride: int, *, padding: str, impl: str,
@@ -137,14 +168,22 @@ class DepthwiseConv(nnx.Module):
 
 
 def depthwise_conv(x: jax.Array, w: jax.Array, stride: int, padding: str, impl: str) -> jax.Array:
-  """Depthwise convolution of NHWC `x` with a (k, k, 1, C) kernel; impl 'conv' or 'shifted'."""
+  """Depthwise convolution of NHWC `x` with a (k, k, 1, C) kernel; impl 'conv', 'shifted'
+  or 'native' (resolved, not 'auto')."""
   pads = _spatial_padding(x, w.shape[0], stride, padding)
   if impl == "conv":
     return jax.lax.conv_general_dilated(
         x, w, window_strides=(stride, stride), padding=pads,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1],
     )
+  if impl == "native":
+    return _native_depthwise(x, w, stride, pads)
   return _shifted_depthwise(x, w, stride, pads)
+
+
+def _output_size(x: jax.Array, kernel: int, stride: int,
+                 pads: tuple[tuple[int, int], ...]) -> tuple[int, int]:
+  return tuple((x.shape[axis] + sum(pads[axis - 1]) - kernel) // stride + 1 for axis in (1, 2))
 
 
 def _accumulator(dtype: jnp.dtype) -> jnp.dtype:
@@ -171,9 +210,7 @@ def _shifted_depthwise(x: jax.Array, w: jax.Array, stride: int,
   gradient through the same taps (dx) and reduces window * gradient per tap (dw).
   """
   k = w.shape[0]
-  n, h, wd, c = x.shape
-  out_h = (h + sum(pads[0]) - k) // stride + 1
-  out_w = (wd + sum(pads[1]) - k) // stride + 1
+  out_h, out_w = _output_size(x, k, stride, pads)
   xp = jnp.pad(x, [(0, 0), pads[0], pads[1], (0, 0)])
   acc = _accumulator(x.dtype)
   out = sum(_tap(xp, i, j, stride, out_h, out_w).astype(acc) * w[i, j, 0].astype(acc)
@@ -223,6 +260,72 @@ def _shifted_depthwise_bwd(stride, pads, residuals, g):
 _shifted_depthwise.defvjp(_shifted_depthwise_fwd, _shifted_depthwise_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _native_depthwise(x: jax.Array, w: jax.Array, stride: int,
+                      pads: tuple[tuple[int, int], ...]) -> jax.Array:
+  """The C++ kernel (efficientnet_jax/native): one pass over x forward, one call backward."""
+  k, c = w.shape[0], w.shape[-1]
+  return native.depthwise_forward(x, w.reshape(k, k, c), stride, pads,
+                                  _output_size(x, k, stride, pads))
+
+
+def _native_depthwise_fwd(x, w, stride, pads):
+  return _native_depthwise(x, w, stride, pads), (x, w)
+
+
+def _native_depthwise_bwd(stride, pads, residuals, g):
+  x, w = residuals
+  k, c = w.shape[0], w.shape[-1]
+  dx, dw = native.depthwise_backward(x, w.reshape(k, k, c), g.astype(x.dtype), stride, pads)
+  return dx, dw.reshape(w.shape)
+
+
+_native_depthwise.defvjp(_native_depthwise_fwd, _native_depthwise_bwd)
+
+
+def depthwise_bn_act(conv: DepthwiseConv, bn: BatchNorm, activation: str, x: jax.Array
+                     ) -> jax.Array:
+  """activation(bn(conv(x))). With the native kernel and BatchNorm on its running statistics
+  (evaluation, or frozen), the kernel applies the normalisation and activation to its sums:
+  one pass over the output instead of two."""
+  affine = bn.inference_affine()
+  if conv.impl != "native" or affine is None:
+    return bn(conv(x), ACTIVATIONS[activation])
+  w = conv.kernel[...].astype(conv.dtype)
+  pads = _spatial_padding(x, w.shape[0], conv.stride, conv.padding)
+  return _native_depthwise_affine_act(x.astype(conv.dtype), w, *affine, conv.stride, pads,
+                                      activation)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _native_depthwise_affine_act(x: jax.Array, w: jax.Array, mul: jax.Array, add: jax.Array,
+                                 stride: int, pads: tuple[tuple[int, int], ...],
+                                 activation: str) -> jax.Array:
+  k, c = w.shape[0], w.shape[-1]
+  return native.depthwise_forward(x, w.reshape(k, k, c), stride, pads,
+                                  _output_size(x, k, stride, pads), mul, add, activation)
+
+
+def _unfused_affine_act(x, w, mul, add, stride, pads, activation):
+  y = _native_depthwise(x, w, stride, pads).astype(jnp.float32) * mul + add
+  return ACTIVATIONS[activation](y).astype(x.dtype)
+
+
+def _native_depthwise_affine_act_fwd(x, w, mul, add, stride, pads, activation):
+  y = _native_depthwise_affine_act(x, w, mul, add, stride, pads, activation)
+  return y, (x, w, mul, add)
+
+
+def _native_depthwise_affine_act_bwd(stride, pads, activation, residuals, g):
+  """Gradients (rare: saliency maps, frozen BatchNorm) through the unfused ops, recomputed."""
+  _, vjp = jax.vjp(lambda *a: _unfused_affine_act(*a, stride, pads, activation), *residuals)
+  return vjp(g)
+
+
+_native_depthwise_affine_act.defvjp(_native_depthwise_affine_act_fwd,
+                                    _native_depthwise_affine_act_bwd)
+
+
 class BatchNorm(nnx.Module):
   """BatchNorm over N, H, W with float32 statistics; the output has the input's dtype.
 
@@ -255,12 +358,24 @@ class BatchNorm(nnx.Module):
     self.var.value = m * self.var[...] + (1.0 - m) * var
     return y
 
+  def inference_affine(self) -> tuple[jax.Array, jax.Array] | None:
+    """(mul, add) when normalising with the running statistics (eval or frozen), else None."""
+    if not (self.use_running_average or self.frozen):
+      return None
+    return _affine(self.mean[...], self.var[...], self.scale[...], self.bias[...], self.epsilon)
+
+
+def _affine(mean: jax.Array, var: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
+            ) -> tuple[jax.Array, jax.Array]:
+  """BatchNorm as y = x * mul + add per channel."""
+  mul = scale * jax.lax.rsqrt(var + epsilon)
+  return mul, bias - mean * mul
+
 
 def _normalize(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array, bias: jax.Array,
                epsilon: float) -> jax.Array:
   """The affine normalisation in float32 (fused: no float32 copy is stored)."""
-  mul = scale * jax.lax.rsqrt(var + epsilon)
-  add = bias - mean * mul
+  mul, add = _affine(mean, var, scale, bias, epsilon)
   return x.astype(jnp.float32) * mul + add
 
 

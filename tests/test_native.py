@@ -1,0 +1,144 @@
+"""The native C++ depthwise kernel: building, caching, errors, determinism, dtypes."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from efficientnet_jax import native
+from efficientnet_jax.models import layers
+from efficientnet_jax.native import build
+
+
+def test_library_is_cached_per_source_and_rebuilt_into_a_fresh_cache(tmp_path, monkeypatch):
+  monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
+  first = build.library_path()
+  assert first.parent == tmp_path and first.suffix == ".so"
+  mtime = first.stat().st_mtime_ns
+  assert build.library_path() == first and first.stat().st_mtime_ns == mtime  # Not rebuilt.
+  assert [p.name for p in tmp_path.iterdir()] == [first.name]  # No temporary files left.
+
+
+def test_missing_compiler_names_the_fix(tmp_path, monkeypatch):
+  monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
+  monkeypatch.setenv("CXX", "no-such-compiler-efficientnet")
+  with pytest.raises(native.NativeBuildError, match=r"\$CXX.*model.depthwise='shifted'"):
+    build.library_path()
+
+
+def test_failed_compile_reports_the_command_and_leaves_no_library(tmp_path, monkeypatch):
+  monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
+  monkeypatch.setenv("CXX", "false")  # Exits 1 like a compiler error.
+  with pytest.raises(native.NativeBuildError, match=r"Building .*depthwise.cc failed"):
+    build.library_path()
+  assert list(tmp_path.iterdir()) == []
+
+
+def _inputs(dtype=jnp.float32, n=3, size=13, channels=40, kernel=5):
+  x = jax.random.normal(jax.random.key(0), (n, size, size, channels)).astype(dtype)
+  w = jax.random.normal(jax.random.key(1), (kernel, kernel, 1, channels)).astype(dtype)
+  return x, w
+
+
+def test_kernel_gradient_is_bitwise_reproducible():
+  """Per-chunk partial sums are added in a fixed order, whatever thread ran which chunk."""
+  x, w = _inputs(n=8, size=32)
+  grad = jax.jit(jax.grad(
+      lambda w, x: jnp.sum(jnp.sin(layers.depthwise_conv(x, w, 2, "same", "native")))))
+  first = np.asarray(grad(w, x))
+  for _ in range(3):
+    np.testing.assert_array_equal(np.asarray(grad(w, x)), first)
+
+
+def test_bfloat16_gradients_keep_the_dtypes_and_match_float32():
+  x, w = _inputs()
+
+  def grads(x, w):
+    return jax.grad(lambda x, w: jnp.sum(
+        layers.depthwise_conv(x, w, 1, "same", "native").astype(jnp.float32) ** 2),
+        argnums=(0, 1))(x, w)
+
+  dx16, dw16 = grads(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+  dx32, dw32 = grads(x, w)
+  assert dx16.dtype == dw16.dtype == jnp.bfloat16
+  # bf16 inputs and output (2^-9 relative each): a few percent of the gradients' scale.
+  np.testing.assert_allclose(np.asarray(dx16, np.float32), dx32, atol=0.05 * np.abs(dx32).max())
+  np.testing.assert_allclose(np.asarray(dw16, np.float32), dw32, atol=0.02 * np.abs(dw32).max())
+
+
+def test_vmap_over_an_extra_batch_axis_matches_a_loop():
+  x, w = _inputs(n=2)
+  xs = jnp.stack([x, 2 * x])
+  out = jax.vmap(lambda x: layers.depthwise_conv(x, w, 2, "same", "native"))(xs)
+  for i in range(2):
+    np.testing.assert_allclose(out[i], layers.depthwise_conv(xs[i], w, 2, "same", "conv"),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_dtype_is_a_clear_error():
+  x, w = _inputs(dtype=jnp.float16)
+  with pytest.raises(Exception, match="float32 and bfloat16 only"):
+    jax.block_until_ready(layers.depthwise_conv(x, w, 1, "same", "native"))
+
+
+@pytest.mark.parametrize("activation,stride", [("swish", 1), ("relu6", 2)])
+def test_inference_batchnorm_and_activation_fused_into_the_kernel(activation, stride):
+  """Eval-mode (or frozen) BatchNorm + activation computed on the kernel's sums equals the
+  separate ops, and gradients (saliency maps, frozen-BN training) match too."""
+  x = jax.random.normal(jax.random.key(0), (2, 12, 12, 24))
+
+  def conv_and_bn(impl):
+    rng = np.random.default_rng(1)
+    conv = layers.DepthwiseConv(24, 3, stride, padding="same", impl=impl, dtype=jnp.float32,
+                                init=rng)
+    bn = layers.BatchNorm(24, momentum=0.99, epsilon=1e-3)
+    bn.mean.value = jnp.asarray(rng.standard_normal(24), jnp.float32)
+    bn.var.value = jnp.asarray(rng.uniform(0.5, 2.0, 24), jnp.float32)
+    bn.scale.value = jnp.asarray(rng.uniform(0.5, 2.0, 24), jnp.float32)
+    bn.bias.value = jnp.asarray(rng.standard_normal(24), jnp.float32)
+    bn.use_running_average = True
+    return conv, bn
+
+  def loss(conv, bn, x):
+    return jnp.sum(jnp.sin(layers.depthwise_bn_act(conv, bn, activation, x)))
+
+  results = {}
+  for impl in ("conv", "native"):
+    conv, bn = conv_and_bn(impl)
+    d_conv, d_bn, d_x = nnx.grad(loss, argnums=(0, 1, 2))(conv, bn, x)
+    results[impl] = (layers.depthwise_bn_act(conv, bn, activation, x), d_conv.kernel[...],
+                     d_bn.scale[...], d_bn.bias[...], d_x)
+  for got, want in zip(results["native"], results["conv"]):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+SHARDED = r"""
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from efficientnet_jax.models import layers
+assert layers.resolve_depthwise("auto") == "shifted"
+mesh = Mesh(np.asarray(jax.devices()), ("data",))
+x = jax.random.normal(jax.random.key(0), (4, 9, 9, 16))
+w = jax.random.normal(jax.random.key(1), (3, 3, 1, 16))
+loss = lambda impl: lambda w, x: jnp.sum(jnp.sin(layers.depthwise_conv(x, w, 2, "same", impl)))
+xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+ws = jax.device_put(w, NamedSharding(mesh, P()))
+got = jax.jit(jax.grad(loss("native"), argnums=(0, 1)))(ws, xs)
+want = jax.grad(loss("conv"), argnums=(0, 1))(w, x)
+for a, b in zip(got, want):
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+
+
+def test_several_cpu_devices_default_to_shifted_and_native_stays_correct_when_sharded():
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
