@@ -164,6 +164,24 @@ def test_padding_modes_differ_only_for_stride_two(impl):
   assert not np.allclose(full[0], full[1], atol=1e-6)
 
 
+@pytest.mark.parametrize("padding,stride", [("same", 2), ("symmetric", 2), ("same", 1)])
+def test_stem_conv_as_im2col_matmul_matches_xla_convolution(padding, stride):
+  x = _images(n=2, size=17, channels=3, seed=7)
+  conv = layers.Conv(3, 8, 3, stride, padding=padding, dtype=jnp.float32,
+                     init=np.random.default_rng(0))
+
+  def loss(conv, x):
+    return jnp.sum(jnp.sin(conv(x)))
+
+  results = []
+  for im2col in (False, True):
+    conv.im2col = im2col
+    d_conv, d_x = nnx.grad(loss, argnums=(0, 1))(conv, x)
+    results.append((conv(x), d_conv.kernel[...], d_x))
+  for got, want in zip(results[1], results[0]):  # Kernel gradients sum ~600 terms.
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_whole_model_padding_option_changes_logits():
   x = _images()
   outs = []

@@ -24,6 +24,15 @@ def test_library_is_cached_per_source_and_rebuilt_into_a_fresh_cache(tmp_path, m
   assert [p.name for p in tmp_path.iterdir()] == [first.name]  # No temporary files left.
 
 
+def test_cache_falls_back_to_the_temp_dir_when_home_is_not_writable(tmp_path, monkeypatch):
+  monkeypatch.delenv(build.CACHE_ENV, raising=False)
+  not_a_dir = tmp_path / "file"
+  not_a_dir.write_text("")
+  monkeypatch.setenv("HOME", str(not_a_dir))  # ~/.cache cannot be created under a file.
+  monkeypatch.setattr(build.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+  assert build._cache_dir().is_relative_to(tmp_path / "tmp")
+
+
 def test_missing_compiler_names_the_fix(tmp_path, monkeypatch):
   monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
   monkeypatch.setenv("CXX", "no-such-compiler-efficientnet")

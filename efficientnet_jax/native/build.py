@@ -34,8 +34,18 @@ class NativeBuildError(RuntimeError):
 
 
 def _cache_dir() -> Path:
-  default = Path.home() / ".cache" / "efficientnet_jax" / "native"
-  return Path(os.environ.get(CACHE_ENV) or default)
+  """$EFFICIENTNET_JAX_NATIVE_CACHE, else ~/.cache/..., else (read-only home) the temp dir."""
+  if os.environ.get(CACHE_ENV):
+    return Path(os.environ[CACHE_ENV])
+  for base in (Path.home() / ".cache", Path(tempfile.gettempdir()) / f"cache-{os.getuid()}"):
+    path = base / "efficientnet_jax" / "native"
+    try:
+      path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+      continue
+    if os.access(path, os.W_OK):
+      return path
+  raise NativeBuildError(f"No writable cache directory for the native kernels; set ${CACHE_ENV}.")
 
 
 def _cpu_signature() -> str:
