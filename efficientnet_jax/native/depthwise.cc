@@ -240,21 +240,37 @@ void ForwardRow(const Geometry& g, const T* x, const float* w, const float* mul,
   }
 }
 
-// dx[b, iy, ix, :] = sum over taps (i, j) whose output (oy, ox) read (iy, ix) of dy * w[i, j].
+// The taps of one axis that read input position `in`: tap t = first + m*s was read by
+// output position out0 - m, for skip <= m < count (inside the kernel and the output).
+// Computed once per input row / column: an integer division per tap and channel block was
+// most of the input gradient's time.
+struct TapRange {
+  int64_t first, out0, skip, count;
+
+  TapRange(int64_t in, int64_t pad, int64_t k, int64_t s, int64_t out_size) {
+    first = (in + pad) % s;
+    out0 = (in + pad - first) / s;
+    skip = std::max<int64_t>(0, out0 - out_size + 1);
+    count = first < k ? std::min((k - 1 - first) / s + 1, out0 + 1) : 0;
+  }
+};
+
+// dx[b, iy, ix, :] = sum over taps (i, j) whose output (oy, ox) read (iy, ix) of dy * w[i, j]:
+// iy + pt - i = oy * s and ix + pl - j = ox * s.
 template <typename T>
 void InputGradRow(const Geometry& g, const T* dy, const float* w, T* dx, int64_t b, int64_t iy) {
+  const TapRange rows(iy, g.pad_top, g.k, g.stride, g.out_h);
   for (int64_t ix = 0; ix < g.w; ++ix) {
+    const TapRange cols(ix, g.pad_left, g.k, g.stride, g.out_w);
     T* out = dx + g.x_offset(b, iy, ix);
     ForChannelBlocks(g.c, [&](auto block, int64_t c0, int64_t width) {
       constexpr int64_t B = decltype(block)::value;
       Accumulator<B> acc;
-      for (int64_t i = 0; i < g.k; ++i) {
-        const int64_t ty = iy + g.pad_top - i;
-        if (ty < 0 || ty % g.stride != 0 || ty / g.stride >= g.out_h) continue;
-        for (int64_t j = 0; j < g.k; ++j) {
-          const int64_t tx = ix + g.pad_left - j;
-          if (tx < 0 || tx % g.stride != 0 || tx / g.stride >= g.out_w) continue;
-          acc.MultiplyAdd(dy + g.y_offset(b, ty / g.stride, tx / g.stride) + c0,
+      for (int64_t mi = rows.skip; mi < rows.count; ++mi) {
+        const int64_t i = rows.first + mi * g.stride;
+        for (int64_t mj = cols.skip; mj < cols.count; ++mj) {
+          const int64_t j = cols.first + mj * g.stride;
+          acc.MultiplyAdd(dy + g.y_offset(b, rows.out0 - mi, cols.out0 - mj) + c0,
                           w + (i * g.k + j) * g.c + c0, width);
         }
       }
