@@ -3,8 +3,9 @@
 // NHWC activations, a (k, k, C) kernel, any stride and top/left padding (the bottom/right
 // padding follows from the output shape). float32 or bfloat16 storage; every sum runs in
 // float32. The forward also applies a per-channel affine map and an activation to its float32
-// sums (inference BatchNorm + swish/relu6 without another pass over the output). Work is split over output rows (forward, weight gradient) or input rows (input
-// gradient) on XLA's intra-op thread pool. The weight gradient sums fixed chunks of rows and
+// sums (inference BatchNorm + swish/relu6 without another pass over the output). Work is split
+// over output rows (forward, weight gradient) or input rows (input gradient) on XLA's
+// intra-op thread pool. The weight gradient sums fixed chunks of rows and
 // then the chunks in order, so results do not depend on the number of threads.
 //
 // Built by efficientnet_jax/native/build.py with the host compiler (-O3 -march=native).
@@ -16,7 +17,6 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
-#include <string>
 #include <string_view>
 #include <type_traits>
 #include <vector>
