@@ -246,6 +246,28 @@ def _plain_batch_norm_act(x, scale, bias, eps):
   return jax.nn.silu((x - mean) / jnp.sqrt(var + eps) * scale + bias), mean, var
 
 
+@pytest.mark.parametrize("size", [2, 8])
+def test_gated_dense_matches_gating_the_input(size):
+  """The squeeze-excite gate folded into per-example kernels (8x8 pixels >= 16 * 3 outputs)
+  or multiplied into x (2x2) gives the same values and gradients as self(x * gate)."""
+  dense = layers.Dense(6, 3, use_bias=True, dtype=jnp.float32, init=np.random.default_rng(0))
+  dense.bias.value = jnp.arange(3.0)
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 6))
+  gate = jax.random.uniform(jax.random.key(1), (2, 1, 1, 6))
+
+  def loss(fn):
+    return lambda dense, x, gate: jnp.sum(jnp.sin(fn(dense, x, gate)))
+
+  gated = lambda dense, x, gate: dense.gated(x, gate)
+  plain = lambda dense, x, gate: dense(x * gate)
+  np.testing.assert_allclose(gated(dense, x, gate), plain(dense, x, gate), rtol=1e-5, atol=1e-6)
+  got = nnx.grad(loss(gated), argnums=(0, 1, 2))(dense, x, gate)
+  want = nnx.grad(loss(plain), argnums=(0, 1, 2))(dense, x, gate)
+  np.testing.assert_allclose(got[0].kernel[...], want[0].kernel[...], rtol=1e-5, atol=1e-5)
+  for a, b in zip(got[1:], want[1:]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_batchnorm_with_activation_matches_plain_autodiff_and_updates_statistics():
   x = _images(n=4, size=6, channels=5, seed=5) * 3 + 1
   bn = layers.BatchNorm(5, momentum=0.9, epsilon=1e-3)

@@ -67,11 +67,12 @@ class SqueezeExcite(nnx.Module):
     self.expand = layers.Dense(squeezed, channels, use_bias=True, dtype=opts.dtype, init=init)
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    """The gate (N, 1, 1, C) in x's dtype that multiplies `x`."""
     s = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(x.dtype)
     s = self.expand(jax.nn.silu(self.reduce(s)))
-    # The gate is computed in float32; multiplying in x's dtype keeps the backward's saved
-    # copy of x in that dtype (a float32 product stored a float32 copy of every SE input).
-    return x * jax.nn.sigmoid(s.astype(jnp.float32)).astype(x.dtype)
+    # Computed in float32; applied in x's dtype, so that the backward's saved copy of x stays
+    # in that dtype (a float32 product stored a float32 copy of every SE input).
+    return jax.nn.sigmoid(s.astype(jnp.float32)).astype(x.dtype)
 
 
 class MBConv(nnx.Module):
@@ -101,13 +102,13 @@ class MBConv(nnx.Module):
     self.opts = opts
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = x
-    if self.expand_conv is not None:
-      y = self.expand_bn(self.expand_conv(y), self.opts.act)
-    y = layers.depthwise_bn_act(self.dw_conv, self.dw_bn, self.opts.activation, y)
-    if self.se is not None:
-      y = self.se(y)
-    y = self.project_bn(self.project_conv(y))
+    # The expansion's BatchNorm + activation runs inside the depthwise layer (the native
+    # kernel applies it to the rows it reads in evaluation).
+    y = x if self.expand_conv is None else self.expand_conv(x)
+    y = layers.depthwise_bn_act(self.dw_conv, self.dw_bn, self.opts.activation, y,
+                                input_bn=self.expand_bn)
+    y = self.project_conv(y) if self.se is None else self.project_conv.gated(y, self.se(y))
+    y = self.project_bn(y)
     if self.has_skip:
       if self.drop_path is not None:
         y = self.drop_path(y)

@@ -152,10 +152,26 @@ class Dense(nnx.Module):
     # (20% of a B0 training step); flattened, the dot reads it in place.
     kernel = self.kernel[...].astype(self.dtype)
     y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), kernel)
-    y = y.reshape(*x.shape[:-1], kernel.shape[-1])
-    if self.bias is not None:
-      y = y + self.bias[...].astype(self.dtype)
-    return y
+    return self._add_bias(y.reshape(*x.shape[:-1], kernel.shape[-1]))
+
+  def gated(self, x: jax.Array, gate: jax.Array) -> jax.Array:
+    """self(x * gate) for NHWC `x` and a per-example, per-channel `gate` (N, 1, 1, C).
+
+    Where an example has many pixels (H*W >= 16 * outputs) the gate scales each example's
+    copy of the kernel instead of x: one pass over x less, and XLA:CPU's batched matmul was
+    faster than the multiply and matmul together (B0's early squeeze-excite blocks).
+    """
+    n, h, w, c = x.shape
+    kernel = self.kernel[...].astype(self.dtype)
+    gate = gate.astype(self.dtype)
+    if h * w < 16 * kernel.shape[-1]:
+      return self(x * gate)
+    kernels = gate.reshape(n, c, 1) * kernel
+    y = jnp.einsum("nmc,ncd->nmd", x.reshape(n, h * w, c).astype(self.dtype), kernels)
+    return self._add_bias(y.reshape(n, h, w, kernel.shape[-1]))
+
+  def _add_bias(self, y: jax.Array) -> jax.Array:
+    return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 
 class DepthwiseConv(nnx.Module):
@@ -296,42 +312,61 @@ def _native_depthwise_bwd(stride, pads, residuals, g):
 _native_depthwise.defvjp(_native_depthwise_fwd, _native_depthwise_bwd)
 
 
-def depthwise_bn_act(conv: DepthwiseConv, bn: BatchNorm, activation: str, x: jax.Array
-                     ) -> jax.Array:
-  """activation(bn(conv(x))). With the native kernel and BatchNorm on its running statistics
-  (evaluation, or frozen), the kernel applies the normalisation and activation to its sums:
-  one pass over the output instead of two."""
+def depthwise_bn_act(conv: DepthwiseConv, bn: BatchNorm, activation: str, x: jax.Array,
+                     input_bn: BatchNorm | None = None) -> jax.Array:
+  """activation(bn(conv(x))); with `input_bn`, of x = activation(input_bn(x)) first.
+
+  With the native kernel and BatchNorm on its running statistics (evaluation, or frozen), the
+  kernel applies the normalisations and activations to the values it reads and writes:
+  no passes over x or the output of their own.
+  """
+  act = ACTIVATIONS[activation]
   affine = bn.inference_affine()
+  in_affine = None if input_bn is None else input_bn.inference_affine()
+  if input_bn is not None and (in_affine is None or conv.impl != "native" or affine is None):
+    x, input_bn = input_bn(x, act), None
   if conv.impl != "native" or affine is None:
-    return bn(conv(x), ACTIVATIONS[activation])
+    return bn(conv(x), act)
   w = conv.kernel[...].astype(conv.dtype)
   pads = _spatial_padding(x, w.shape[0], conv.stride, conv.padding)
-  return _native_depthwise_affine_act(x.astype(conv.dtype), w, *affine, conv.stride, pads,
-                                      activation)
+  if input_bn is None:
+    ones = jnp.ones((w.shape[-1],), jnp.float32)
+    in_affine = (ones, ones * 0)
+  return _native_depthwise_affine_act(x.astype(conv.dtype), w, *affine, *in_affine, conv.stride,
+                                      pads, activation,
+                                      "none" if input_bn is None else activation)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
 def _native_depthwise_affine_act(x: jax.Array, w: jax.Array, mul: jax.Array, add: jax.Array,
-                                 stride: int, pads: tuple[tuple[int, int], ...],
-                                 activation: str) -> jax.Array:
+                                 in_mul: jax.Array, in_add: jax.Array, stride: int,
+                                 pads: tuple[tuple[int, int], ...], activation: str,
+                                 input_activation: str) -> jax.Array:
   k, c = w.shape[0], w.shape[-1]
   return native.depthwise_forward(x, w.reshape(k, k, c), stride, pads,
-                                  _output_size(x, k, stride, pads), mul, add, activation)
+                                  _output_size(x, k, stride, pads), mul, add, activation,
+                                  in_mul, in_add, input_activation)
 
 
-def _unfused_affine_act(x, w, mul, add, stride, pads, activation):
+def _unfused_affine_act(x, w, mul, add, in_mul, in_add, stride, pads, activation,
+                        input_activation):
+  if input_activation != "none":
+    x = ACTIVATIONS[input_activation](x.astype(jnp.float32) * in_mul + in_add).astype(x.dtype)
   y = _native_depthwise(x, w, stride, pads).astype(jnp.float32) * mul + add
   return ACTIVATIONS[activation](y).astype(x.dtype)
 
 
-def _native_depthwise_affine_act_fwd(x, w, mul, add, stride, pads, activation):
-  y = _native_depthwise_affine_act(x, w, mul, add, stride, pads, activation)
-  return y, (x, w, mul, add)
+def _native_depthwise_affine_act_fwd(x, w, mul, add, in_mul, in_add, stride, pads, activation,
+                                     input_activation):
+  y = _native_depthwise_affine_act(x, w, mul, add, in_mul, in_add, stride, pads, activation,
+                                   input_activation)
+  return y, (x, w, mul, add, in_mul, in_add)
 
 
-def _native_depthwise_affine_act_bwd(stride, pads, activation, residuals, g):
+def _native_depthwise_affine_act_bwd(stride, pads, activation, input_activation, residuals, g):
   """Gradients (rare: saliency maps, frozen BatchNorm) through the unfused ops, recomputed."""
-  _, vjp = jax.vjp(lambda *a: _unfused_affine_act(*a, stride, pads, activation), *residuals)
+  _, vjp = jax.vjp(
+      lambda *a: _unfused_affine_act(*a, stride, pads, activation, input_activation), *residuals)
   return vjp(g)
 
 

@@ -3,7 +3,9 @@
 // NHWC activations, a (k, k, C) kernel, any stride and top/left padding (the bottom/right
 // padding follows from the output shape). float32 or bfloat16 storage; every sum runs in
 // float32. The forward also applies a per-channel affine map and an activation to its float32
-// sums (inference BatchNorm + swish/relu6 without another pass over the output). Work is split
+// sums (inference BatchNorm + swish/relu6 without another pass over the output), and can apply
+// another such map and activation to its input as it reads it (the BatchNorm + activation of
+// the layer before; each input row is transformed once into a ring of k rows). Work is split
 // over output rows (forward, weight gradient) or input rows (input gradient) on XLA's
 // intra-op thread pool. The weight gradient sums fixed chunks of rows and
 // then the chunks in order, so results do not depend on the number of threads.
@@ -15,6 +17,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <string_view>
@@ -29,6 +32,8 @@ namespace {
 
 // The weight gradient is summed per chunk of output rows, at most this many chunks.
 constexpr int64_t kMaxChunks = 64;
+// The largest kernel size (row pointers live on the stack).
+constexpr int64_t kMaxKernel = 16;
 
 inline float ToFloat(float v) { return v; }
 inline float ToFloat(uint16_t v) {
@@ -200,10 +205,11 @@ struct Accumulator<0> {
 };
 
 // y[b, oy, ox, :] = act(mul * sum over taps (i, j) of x[b, oy*s + i - pt, ox*s + j - pl, :] *
-// w[i, j, :] + add).
+// w[i, j, :] + add). rows[i] points at input row oy*s + i - pt of image b (column 0); rows
+// outside the image are not read.
 template <Activation A, typename T>
-void ForwardRow(const Geometry& g, const T* x, const float* w, const float* mul, const float* add,
-                T* y, int64_t b, int64_t oy) {
+void ForwardRow(const Geometry& g, const T* const* rows, const float* w, const float* mul,
+                const float* add, T* y, int64_t b, int64_t oy) {
   const int64_t y0 = oy * g.stride - g.pad_top;
   const int64_t i_lo = std::max<int64_t>(0, -y0), i_hi = std::min<int64_t>(g.k, g.h - y0);
   for (int64_t ox = 0; ox < g.out_w; ++ox) {
@@ -215,7 +221,7 @@ void ForwardRow(const Geometry& g, const T* x, const float* w, const float* mul,
     const int64_t ahead = x0 + kPrefetchPixels * g.stride + g.k - 1;
     if (ahead < g.w) {
       for (int64_t i = i_lo; i < i_hi; ++i) {
-        const char* p = reinterpret_cast<const char*>(x + g.x_offset(b, y0 + i, ahead));
+        const char* p = reinterpret_cast<const char*>(rows[i] + ahead * g.c);
         for (int64_t byte = 0; byte < g.c * static_cast<int64_t>(sizeof(T)); byte += 64) {
           __builtin_prefetch(p + byte);
         }
@@ -226,8 +232,7 @@ void ForwardRow(const Geometry& g, const T* x, const float* w, const float* mul,
       Accumulator<B> acc;
       for (int64_t i = i_lo; i < i_hi; ++i) {
         for (int64_t j = j_lo; j < j_hi; ++j) {
-          acc.MultiplyAdd(x + g.x_offset(b, y0 + i, x0 + j) + c0, w + (i * g.k + j) * g.c + c0,
-                          width);
+          acc.MultiplyAdd(rows[i] + (x0 + j) * g.c + c0, w + (i * g.k + j) * g.c + c0, width);
         }
       }
       float sums[B > 0 ? B : kLanes];
@@ -237,6 +242,17 @@ void ForwardRow(const Geometry& g, const T* x, const float* w, const float* mul,
         out[c0 + c] = FromFloat<T>(Activate<A>(sums[c] * mul[c0 + c] + add[c0 + c]));
       }
     });
+  }
+}
+
+// dst[col, :] = act(src[col, :] * mul + add) for one input row, stored as T like the input
+// the unfused layers would have written.
+template <Activation A, typename T>
+void TransformRow(const Geometry& g, const T* src, const float* mul, const float* add, T* dst) {
+  for (int64_t col = 0; col < g.w; ++col) {
+    for (int64_t c = 0; c < g.c; ++c) {
+      dst[col * g.c + c] = FromFloat<T>(Activate<A>(ToFloat(src[col * g.c + c]) * mul[c] + add[c]));
+    }
   }
 }
 
@@ -326,27 +342,103 @@ ffi::Error MakeGeometry(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Span<const int6
     return ffi::Error::InvalidArgument(
         "native depthwise convolution wants x (N, H, W, C), w (k, k, C), dy (N, OH, OW, C)");
   }
+  if (wd[0] > kMaxKernel) {
+    return ffi::Error::InvalidArgument("native depthwise convolution: kernel size over 16");
+  }
   *g = Geometry{xd[0], xd[1], xd[2], xd[3], wd[0], stride, pad_top, pad_left,
                 out_dims[1], out_dims[2]};
   return ffi::Error::Success();
+}
+
+// Row pointers into x for output row oy of image b.
+template <typename T>
+void InputRows(const Geometry& g, const T* x, int64_t b, int64_t oy, const T** rows) {
+  const int64_t y0 = oy * g.stride - g.pad_top;
+  for (int64_t i = 0; i < g.k; ++i) {
+    rows[i] = y0 + i >= 0 && y0 + i < g.h ? x + g.x_offset(b, y0 + i, 0) : nullptr;
+  }
 }
 
 template <Activation A, typename T>
 void Forward(ffi::ThreadPool& pool, const Geometry& g, const T* x, const std::vector<float>& w,
              const float* mul, const float* add, T* y) {
   ParallelFor(pool, g.n * g.out_h, [&](int64_t r) {
-    ForwardRow<A>(g, x, w.data(), mul, add, y, r / g.out_h, r % g.out_h);
+    const T* rows[kMaxKernel];
+    InputRows(g, x, r / g.out_h, r % g.out_h, rows);
+    ForwardRow<A>(g, rows, w.data(), mul, add, y, r / g.out_h, r % g.out_h);
   });
 }
 
-template <typename T>
-void Forward(ffi::ThreadPool& pool, Activation a, const Geometry& g, const T* x,
-             const std::vector<float>& w, const float* mul, const float* add, T* y) {
-  switch (a) {
-    case Activation::kSwish: return Forward<Activation::kSwish>(pool, g, x, w, mul, add, y);
-    case Activation::kRelu6: return Forward<Activation::kRelu6>(pool, g, x, w, mul, add, y);
-    case Activation::kNone: return Forward<Activation::kNone>(pool, g, x, w, mul, add, y);
+// The forward of act_in(x * in_mul + in_add). Each task takes consecutive output rows of one
+// image and transforms each input row once into a ring of k rows (row r in slot r % k: the
+// rows an output row reads are k consecutive ones, and they only move forward).
+template <Activation A, Activation AIn, typename T>
+void ForwardTransformed(ffi::ThreadPool& pool, const Geometry& g, const T* x,
+                        const std::vector<float>& w, const float* mul, const float* add,
+                        const float* in_mul, const float* in_add, T* y) {
+  const int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
+  const int64_t chunks = std::clamp<int64_t>((4 * threads + g.n - 1) / g.n, 1, g.out_h);
+  ParallelFor(pool, g.n * chunks, [&](int64_t task) {
+    const int64_t b = task / chunks, chunk = task % chunks;
+    std::unique_ptr<T[]> ring(new T[g.k * g.w * g.c]);
+    int64_t next = std::numeric_limits<int64_t>::min();  // rows below are in the ring
+    for (int64_t oy = g.out_h * chunk / chunks; oy < g.out_h * (chunk + 1) / chunks; ++oy) {
+      const T* rows[kMaxKernel];
+      InputRows(g, x, b, oy, rows);
+      const int64_t y0 = oy * g.stride - g.pad_top;
+      for (int64_t i = 0; i < g.k; ++i) {
+        if (rows[i] == nullptr) continue;
+        T* slot = ring.get() + ((y0 + i) % g.k) * g.w * g.c;
+        if (y0 + i >= next) {
+          TransformRow<AIn>(g, rows[i], in_mul, in_add, slot);
+          next = y0 + i + 1;
+        }
+        rows[i] = slot;
+      }
+      ForwardRow<A>(g, rows, w.data(), mul, add, y, b, oy);
+    }
+  });
+}
+
+template <Activation A, typename T>
+void Forward(ffi::ThreadPool& pool, Activation in_act, const Geometry& g, const T* x,
+             const std::vector<float>& w, const float* mul, const float* add,
+             const float* in_mul, const float* in_add, T* y) {
+  switch (in_act) {
+    case Activation::kSwish:
+      return ForwardTransformed<A, Activation::kSwish>(pool, g, x, w, mul, add, in_mul, in_add, y);
+    case Activation::kRelu6:
+      return ForwardTransformed<A, Activation::kRelu6>(pool, g, x, w, mul, add, in_mul, in_add, y);
+    case Activation::kNone:
+      return Forward<A>(pool, g, x, w, mul, add, y);
   }
+}
+
+template <typename T>
+void Forward(ffi::ThreadPool& pool, Activation act, Activation in_act, const Geometry& g,
+             const T* x, const std::vector<float>& w, const float* mul, const float* add,
+             const float* in_mul, const float* in_add, T* y) {
+  switch (act) {
+    case Activation::kSwish:
+      return Forward<Activation::kSwish>(pool, in_act, g, x, w, mul, add, in_mul, in_add, y);
+    case Activation::kRelu6:
+      return Forward<Activation::kRelu6>(pool, in_act, g, x, w, mul, add, in_mul, in_add, y);
+    case Activation::kNone:
+      return Forward<Activation::kNone>(pool, in_act, g, x, w, mul, add, in_mul, in_add, y);
+  }
+}
+
+bool ParseActivation(std::string_view name, Activation* a) {
+  if (name == "none") {
+    *a = Activation::kNone;
+  } else if (name == "swish") {
+    *a = Activation::kSwish;
+  } else if (name == "relu6") {
+    *a = Activation::kRelu6;
+  } else {
+    return false;
+  }
+  return true;
 }
 
 template <typename T, typename W>
@@ -373,8 +465,10 @@ void Backward(ffi::ThreadPool& pool, const Geometry& g, const T* x, const std::v
 
 ffi::Error DepthwiseForward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
                             ffi::Buffer<ffi::F32> mul, ffi::Buffer<ffi::F32> add,
+                            ffi::Buffer<ffi::F32> in_mul, ffi::Buffer<ffi::F32> in_add,
                             ffi::Result<ffi::AnyBuffer> y, int64_t stride, int64_t pad_top,
-                            int64_t pad_left, std::string_view activation) {
+                            int64_t pad_left, std::string_view activation,
+                            std::string_view input_activation) {
   if (auto e = CheckTypes(x.element_type(), w.element_type()); e.failure()) return e;
   if (y->element_type() != x.element_type()) {
     return ffi::Error::InvalidArgument("native depthwise: output dtype must equal input dtype");
@@ -383,30 +477,28 @@ ffi::Error DepthwiseForward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuff
   if (auto e = MakeGeometry(x, w, y->dimensions(), stride, pad_top, pad_left, &g); e.failure()) {
     return e;
   }
-  if (mul.element_count() != static_cast<size_t>(g.c) ||
-      add.element_count() != static_cast<size_t>(g.c)) {
-    return ffi::Error::InvalidArgument("native depthwise: mul and add need one value per channel");
+  for (const auto* v : {&mul, &add, &in_mul, &in_add}) {
+    if (v->element_count() != static_cast<size_t>(g.c)) {
+      return ffi::Error::InvalidArgument(
+          "native depthwise: mul, add, in_mul and in_add need one value per channel");
+    }
   }
-  Activation a;
-  if (activation == "none") {
-    a = Activation::kNone;
-  } else if (activation == "swish") {
-    a = Activation::kSwish;
-  } else if (activation == "relu6") {
-    a = Activation::kRelu6;
-  } else {
+  Activation a, in_a;
+  if (!ParseActivation(activation, &a) || !ParseActivation(input_activation, &in_a)) {
     return ffi::Error::InvalidArgument("native depthwise: activation must be none, swish or relu6");
   }
   const int64_t taps = g.k * g.k * g.c;
   std::vector<float> wf = w.element_type() == ffi::DataType::F32
                               ? KernelToFloat(Data<float>(w), taps)
                               : KernelToFloat(Data<uint16_t>(w), taps);
+  auto run = [&](auto* xs, auto* ys) {
+    Forward(pool, a, in_a, g, xs, wf, mul.typed_data(), add.typed_data(), in_mul.typed_data(),
+            in_add.typed_data(), ys);
+  };
   if (x.element_type() == ffi::DataType::F32) {
-    Forward(pool, a, g, Data<float>(x), wf, mul.typed_data(), add.typed_data(),
-            Data<float>(*y));
+    run(Data<float>(x), Data<float>(*y));
   } else {
-    Forward(pool, a, g, Data<uint16_t>(x), wf, mul.typed_data(), add.typed_data(),
-            Data<uint16_t>(*y));
+    run(Data<uint16_t>(x), Data<uint16_t>(*y));
   }
   return ffi::Error::Success();
 }
@@ -453,11 +545,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(EjxDepthwiseForward, DepthwiseForward,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int64_t>("stride")
                                   .Attr<int64_t>("pad_top")
                                   .Attr<int64_t>("pad_left")
-                                  .Attr<std::string_view>("activation"));
+                                  .Attr<std::string_view>("activation")
+                                  .Attr<std::string_view>("input_activation"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(EjxDepthwiseBackward, DepthwiseBackward,
                               ffi::Ffi::Bind()

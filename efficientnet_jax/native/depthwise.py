@@ -17,19 +17,27 @@ def _attrs(stride: int, pads: tuple[tuple[int, int], tuple[int, int]]) -> dict[s
 def depthwise_forward(x: jax.Array, w: jax.Array, stride: int,
                       pads: tuple[tuple[int, int], tuple[int, int]], out_hw: tuple[int, int],
                       mul: jax.Array | None = None, add: jax.Array | None = None,
-                      activation: str = "none") -> jax.Array:
-  """y = activation(depthwise conv of NHWC `x` with a (k, k, C) kernel `w` * mul + add).
+                      activation: str = "none", in_mul: jax.Array | None = None,
+                      in_add: jax.Array | None = None, input_activation: str = "none"
+                      ) -> jax.Array:
+  """y = activation(depthwise conv of NHWC `x'` with a (k, k, C) kernel `w` * mul + add).
 
-  `mul` and `add` are per-channel float32 (default 1 and 0); activation 'none', 'swish' or
-  'relu6'. The affine map and activation apply to the float32 sums; y has x's dtype.
+  x' = x, or with `input_activation` 'swish'/'relu6', x' = input_activation(x * in_mul +
+  in_add) rounded to x's dtype (the layer before's BatchNorm + activation). `mul`, `add`,
+  `in_mul`, `in_add` are per-channel float32 (defaults 1 and 0); activation 'none', 'swish'
+  or 'relu6'. The affine map and activation apply to the float32 sums; y has x's dtype.
   """
   load()
   n, _, _, c = x.shape
-  mul = jnp.ones((c,), jnp.float32) if mul is None else mul.astype(jnp.float32)
-  add = jnp.zeros((c,), jnp.float32) if add is None else add.astype(jnp.float32)
+
+  def per_channel(v: jax.Array | None, default: float) -> jax.Array:
+    return jnp.full((c,), default, jnp.float32) if v is None else v.astype(jnp.float32)
+
   out = jax.ShapeDtypeStruct((n, *out_hw, c), x.dtype)
   return jax.ffi.ffi_call("efficientnet_jax_depthwise_forward", out, vmap_method="sequential")(
-      x, w, mul, add, activation=activation, **_attrs(stride, pads))
+      x, w, per_channel(mul, 1.0), per_channel(add, 0.0), per_channel(in_mul, 1.0),
+      per_channel(in_add, 0.0), activation=activation, input_activation=input_activation,
+      **_attrs(stride, pads))
 
 
 def depthwise_backward(x: jax.Array, w: jax.Array, dy: jax.Array, stride: int,
