@@ -206,16 +206,23 @@ struct Accumulator<0> {
 
 // y[b, oy, ox, :] = act(mul * sum over taps (i, j) of x[b, oy*s + i - pt, ox*s + j - pl, :] *
 // w[i, j, :] + add). rows[i] points at input row oy*s + i - pt of image b (column 0); rows
-// outside the image are not read.
+// outside the image are not read. The `upcoming_bytes` at `upcoming` (what the caller reads
+// next) are prefetched a slice per output pixel.
 template <Activation A, typename T>
 void ForwardRow(const Geometry& g, const T* const* rows, const float* w, const float* mul,
-                const float* add, T* y, int64_t b, int64_t oy) {
+                const float* add, T* y, int64_t b, int64_t oy, const char* upcoming = nullptr,
+                int64_t upcoming_bytes = 0) {
   const int64_t y0 = oy * g.stride - g.pad_top;
   const int64_t i_lo = std::max<int64_t>(0, -y0), i_hi = std::min<int64_t>(g.k, g.h - y0);
   for (int64_t ox = 0; ox < g.out_w; ++ox) {
     const int64_t x0 = ox * g.stride - g.pad_left;
     const int64_t j_lo = std::max<int64_t>(0, -x0), j_hi = std::min<int64_t>(g.k, g.w - x0);
     T* out = y + g.y_offset(b, oy, ox);
+    for (int64_t byte = upcoming_bytes * ox / g.out_w & ~int64_t{63},
+                 end = upcoming_bytes * (ox + 1) / g.out_w;
+         byte < end; byte += 64) {
+      __builtin_prefetch(upcoming + byte);
+    }
     // Prefetch the input this row reads a few pixels ahead: the k row streams (at one row's
     // distance from each other) are more than the hardware prefetcher follows.
     const int64_t ahead = x0 + kPrefetchPixels * g.stride + g.k - 1;
@@ -395,7 +402,13 @@ void ForwardTransformed(ffi::ThreadPool& pool, const Geometry& g, const T* x,
         }
         rows[i] = slot;
       }
-      ForwardRow<A>(g, rows, w.data(), mul, add, y, b, oy);
+      // The rows the next output row transforms stream in while this one is computed.
+      const int64_t upcoming_rows = std::clamp<int64_t>(g.h - next, 0, g.stride);
+      const char* upcoming = upcoming_rows > 0
+          ? reinterpret_cast<const char*>(x + g.x_offset(b, std::max<int64_t>(next, 0), 0))
+          : nullptr;
+      ForwardRow<A>(g, rows, w.data(), mul, add, y, b, oy, upcoming,
+                    upcoming_rows * g.w * g.c * static_cast<int64_t>(sizeof(T)));
     }
   });
 }
