@@ -157,14 +157,15 @@ class Dense(nnx.Module):
   def gated(self, x: jax.Array, gate: jax.Array) -> jax.Array:
     """self(x * gate) for NHWC `x` and a per-example, per-channel `gate` (N, 1, 1, C).
 
-    Where an example has many pixels (H*W >= 16 * outputs) the gate scales each example's
-    copy of the kernel instead of x: one pass over x less, and XLA:CPU's batched matmul was
-    faster than the multiply and matmul together (B0's early squeeze-excite blocks).
+    On CPU, where an example has many pixels (H*W >= 16 * outputs), the gate scales each
+    example's copy of the kernel instead of x: one pass over x less, and XLA:CPU's batched
+    matmul was faster than the multiply and matmul together (B0's early squeeze-excite
+    blocks). Not measured on GPUs, which keep the multiply.
     """
     n, h, w, c = x.shape
     kernel = self.kernel[...].astype(self.dtype)
     gate = gate.astype(self.dtype)
-    if h * w < 16 * kernel.shape[-1]:
+    if jax.default_backend() != "cpu" or h * w < 16 * kernel.shape[-1]:
       return self(x * gate)
     kernels = gate.reshape(n, c, 1) * kernel
     y = jnp.einsum("nmc,ncd->nmd", x.reshape(n, h * w, c).astype(self.dtype), kernels)
