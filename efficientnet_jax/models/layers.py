@@ -323,19 +323,19 @@ def depthwise_bn_act(conv: DepthwiseConv, bn: BatchNorm, activation: str, x: jax
   """
   act = ACTIVATIONS[activation]
   affine = bn.inference_affine()
-  in_affine = None if input_bn is None else input_bn.inference_affine()
-  if input_bn is not None and (in_affine is None or conv.impl != "native" or affine is None):
-    x, input_bn = input_bn(x, act), None
-  if conv.impl != "native" or affine is None:
+  fused = conv.impl == "native" and affine is not None
+  in_affine = input_bn.inference_affine() if fused and input_bn is not None else None
+  if input_bn is not None and in_affine is None:
+    x = input_bn(x, act)
+  if not fused:
     return bn(conv(x), act)
   w = conv.kernel[...].astype(conv.dtype)
   pads = _spatial_padding(x, w.shape[0], conv.stride, conv.padding)
-  if input_bn is None:
-    ones = jnp.ones((w.shape[-1],), jnp.float32)
-    in_affine = (ones, ones * 0)
+  input_activation = "none" if in_affine is None else activation
+  if in_affine is None:
+    in_affine = (jnp.ones((w.shape[-1],), jnp.float32), jnp.zeros((w.shape[-1],), jnp.float32))
   return _native_depthwise_affine_act(x.astype(conv.dtype), w, *affine, *in_affine, conv.stride,
-                                      pads, activation,
-                                      "none" if input_bn is None else activation)
+                                      pads, activation, input_activation)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
