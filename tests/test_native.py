@@ -141,6 +141,26 @@ def test_inference_batchnorm_and_activation_fused_into_the_kernel(activation, st
     assert not np.any(results["native"][4])
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, "same"), (5, 2, "same"),
+                                                   (3, 2, "symmetric")])
+def test_input_transform_ring_reuses_rows(kernel, stride, padding, dtype):
+  """64 images: one task per image for up to 16 threads, so every output row but the first
+  reads rows transformed for an earlier one (the case above splits images into one-row
+  tasks on machines with 4 or more threads)."""
+  x = jax.random.normal(jax.random.key(0), (64, 11, 9, 20)).astype(dtype)
+  outs = []
+  for impl in ("conv", "native"):
+    rng = np.random.default_rng(1)
+    conv = layers.DepthwiseConv(20, kernel, stride, padding=padding, impl=impl, dtype=dtype,
+                                init=rng)
+    bn, in_bn = _running_batch_norm(20, rng), _running_batch_norm(20, rng)
+    outs.append(np.asarray(layers.depthwise_bn_act(conv, bn, "swish", x, input_bn=in_bn),
+                           np.float32))
+  tolerance = 1e-5 if dtype == jnp.float32 else 5e-2  # bfloat16: a step is 2^-8 relative.
+  np.testing.assert_allclose(outs[1], outs[0], rtol=tolerance, atol=tolerance)
+
+
 SHARDED = r"""
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P

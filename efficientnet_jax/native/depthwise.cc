@@ -17,7 +17,6 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <memory>
 #include <mutex>
 #include <string_view>
@@ -383,12 +382,13 @@ template <Activation A, Activation AIn, typename T>
 void ForwardTransformed(ffi::ThreadPool& pool, const Geometry& g, const T* x,
                         const std::vector<float>& w, const float* mul, const float* add,
                         const float* in_mul, const float* in_add, T* y) {
+  if (g.n == 0 || g.out_h == 0) return;
   const int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
   const int64_t chunks = std::clamp<int64_t>((4 * threads + g.n - 1) / g.n, 1, g.out_h);
   ParallelFor(pool, g.n * chunks, [&](int64_t task) {
     const int64_t b = task / chunks, chunk = task % chunks;
     std::unique_ptr<T[]> ring(new T[g.k * g.w * g.c]);
-    int64_t next = std::numeric_limits<int64_t>::min();  // rows below are in the ring
+    int64_t next = 0;  // rows below are in the ring (none yet; rows are >= 0)
     for (int64_t oy = g.out_h * chunk / chunks; oy < g.out_h * (chunk + 1) / chunks; ++oy) {
       const T* rows[kMaxKernel];
       InputRows(g, x, b, oy, rows);
