@@ -331,43 +331,39 @@ def depthwise_bn_act(conv: DepthwiseConv, bn: BatchNorm, activation: str, x: jax
     return bn(conv(x), act)
   w = conv.kernel[...].astype(conv.dtype)
   pads = _spatial_padding(x, w.shape[0], conv.stride, conv.padding)
-  input_activation = "none" if in_affine is None else activation
-  if in_affine is None:
-    in_affine = (jnp.ones((w.shape[-1],), jnp.float32), jnp.zeros((w.shape[-1],), jnp.float32))
-  return _native_depthwise_affine_act(x.astype(conv.dtype), w, *affine, *in_affine, conv.stride,
-                                      pads, activation, input_activation)
+  return _native_depthwise_affine_act(x.astype(conv.dtype), w, *affine, in_affine, conv.stride,
+                                      pads, activation)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def _native_depthwise_affine_act(x: jax.Array, w: jax.Array, mul: jax.Array, add: jax.Array,
-                                 in_mul: jax.Array, in_add: jax.Array, stride: int,
-                                 pads: tuple[tuple[int, int], ...], activation: str,
-                                 input_activation: str) -> jax.Array:
+                                 in_affine: tuple[jax.Array, jax.Array] | None, stride: int,
+                                 pads: tuple[tuple[int, int], ...], activation: str) -> jax.Array:
+  """activation(conv(x') * mul + add), x' = x or activation(x * in_mul + in_add) with
+  `in_affine` = (in_mul, in_add)."""
   k, c = w.shape[0], w.shape[-1]
+  in_mul, in_add = in_affine or (None, None)
   return native.depthwise_forward(x, w.reshape(k, k, c), stride, pads,
                                   _output_size(x, k, stride, pads), mul, add, activation,
-                                  in_mul, in_add, input_activation)
+                                  in_mul, in_add, "none" if in_affine is None else activation)
 
 
-def _unfused_affine_act(x, w, mul, add, in_mul, in_add, stride, pads, activation,
-                        input_activation):
-  if input_activation != "none":
-    x = ACTIVATIONS[input_activation](x.astype(jnp.float32) * in_mul + in_add).astype(x.dtype)
+def _unfused_affine_act(x, w, mul, add, in_affine, stride, pads, activation):
+  if in_affine is not None:
+    in_mul, in_add = in_affine
+    x = ACTIVATIONS[activation](x.astype(jnp.float32) * in_mul + in_add).astype(x.dtype)
   y = _native_depthwise(x, w, stride, pads).astype(jnp.float32) * mul + add
   return ACTIVATIONS[activation](y).astype(x.dtype)
 
 
-def _native_depthwise_affine_act_fwd(x, w, mul, add, in_mul, in_add, stride, pads, activation,
-                                     input_activation):
-  y = _native_depthwise_affine_act(x, w, mul, add, in_mul, in_add, stride, pads, activation,
-                                   input_activation)
-  return y, (x, w, mul, add, in_mul, in_add)
+def _native_depthwise_affine_act_fwd(x, w, mul, add, in_affine, stride, pads, activation):
+  y = _native_depthwise_affine_act(x, w, mul, add, in_affine, stride, pads, activation)
+  return y, (x, w, mul, add, in_affine)
 
 
-def _native_depthwise_affine_act_bwd(stride, pads, activation, input_activation, residuals, g):
+def _native_depthwise_affine_act_bwd(stride, pads, activation, residuals, g):
   """Gradients (rare: saliency maps, frozen BatchNorm) through the unfused ops, recomputed."""
-  _, vjp = jax.vjp(
-      lambda *a: _unfused_affine_act(*a, stride, pads, activation, input_activation), *residuals)
+  _, vjp = jax.vjp(lambda *a: _unfused_affine_act(*a, stride, pads, activation), *residuals)
   return vjp(g)
 
 

@@ -405,7 +405,7 @@ void ForwardTransformed(ffi::ThreadPool& pool, const Geometry& g, const T* x,
       // The rows the next output row transforms stream in while this one is computed.
       const int64_t upcoming_rows = std::clamp<int64_t>(g.h - next, 0, g.stride);
       const char* upcoming = upcoming_rows > 0
-          ? reinterpret_cast<const char*>(x + g.x_offset(b, std::max<int64_t>(next, 0), 0))
+          ? reinterpret_cast<const char*>(x + g.x_offset(b, next, 0))
           : nullptr;
       ForwardRow<A>(g, rows, w.data(), mul, add, y, b, oy, upcoming,
                     upcoming_rows * g.w * g.c * static_cast<int64_t>(sizeof(T)));
