@@ -95,6 +95,13 @@ def test_unsupported_dtype_is_a_clear_error():
     jax.block_until_ready(layers.depthwise_conv(x, w, 1, "same", "native"))
 
 
+def test_kernels_over_16_name_the_other_implementations():
+  x = jnp.zeros((1, 20, 20, 4))
+  w = jnp.zeros((17, 17, 1, 4))
+  with pytest.raises(Exception, match="kernel size over 16; use model.depthwise='shifted'"):
+    jax.block_until_ready(layers.depthwise_conv(x, w, 1, "same", "native"))
+
+
 def _running_batch_norm(channels: int, rng: np.random.Generator) -> layers.BatchNorm:
   bn = layers.BatchNorm(channels, momentum=0.99, epsilon=1e-3)
   bn.mean.value = jnp.asarray(rng.standard_normal(channels), jnp.float32)

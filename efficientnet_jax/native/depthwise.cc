@@ -349,7 +349,9 @@ ffi::Error MakeGeometry(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Span<const int6
         "native depthwise convolution wants x (N, H, W, C), w (k, k, C), dy (N, OH, OW, C)");
   }
   if (wd[0] > kMaxKernel) {
-    return ffi::Error::InvalidArgument("native depthwise convolution: kernel size over 16");
+    return ffi::Error::InvalidArgument(
+        "native depthwise convolution: kernel size over 16; use model.depthwise='shifted' or "
+        "'conv' for larger kernels");
   }
   *g = Geometry{xd[0], xd[1], xd[2], xd[3], wd[0], stride, pad_top, pad_left,
                 out_dims[1], out_dims[2]};
