@@ -76,8 +76,11 @@ def _data() -> ml_collections.ConfigDict:
   # Throughput.
   d.workers = -1  # Grain worker processes (0 = in-process; -1 = one per core, up to 16).
   d.worker_buffer_size = 2  # Batches each worker prepares ahead.
-  d.read_threads = 4  # Threads per process reading and transforming records.
-  d.prefetch_buffer_size = 64  # Records each process's threads prefetch.
+  # Threads per process preparing whole batches ahead (0: the iterating thread prepares
+  # each batch when asked). Worker processes need none for local data: threads in each
+  # worker only compete for the cores. With workers=0, use about the core count.
+  d.read_threads = 0
+  d.prefetch_buffer_size = 4  # Batches the read threads keep ready (with read_threads > 0).
   return d
 
 

@@ -140,3 +140,30 @@ def test_normalization_follows_channels(config):
   gray = config.copy_and_resolve_references()
   gray.channels = 1
   np.testing.assert_allclose(pipeline.normalization(gray), [[0.462], [0.270]])
+
+
+def test_read_threads_prepare_at_most_the_buffer_of_whole_batches_ahead(config, monkeypatch):
+  """prefetch_buffer_size counts batches: a 64 there once meant 64 batches per process."""
+  import threading
+  import time
+
+  from efficientnet_jax.data import transforms
+
+  calls, lock = [0], threading.Lock()
+  original = transforms.TrainTransform.random_map
+
+  def counted(self, element, rng):
+    with lock:
+      calls[0] += 1
+    return original(self, element, rng)
+
+  monkeypatch.setattr(transforms.TrainTransform, "random_map", counted)
+  c = config.copy_and_resolve_references()
+  c.read_threads, c.prefetch_buffer_size = 2, 2
+  it = pipeline.train_iterator(c, global_batch_size=2, seed=0, process_index=0, process_count=1)
+  next(it)
+  time.sleep(1.0)  # Time to run ahead, were the buffer larger.
+  assert 2 * 2 <= calls[0] <= 2 * (1 + 2 + 2)  # The batch taken, the buffer, one per thread.
+  with pytest.raises(pipeline.DataError, match=r"read_threads=-1"):
+    c.read_threads = -1
+    pipeline.train_iterator(c, global_batch_size=2, seed=0, process_index=0, process_count=1)
