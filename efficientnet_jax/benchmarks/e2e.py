@@ -1,22 +1,29 @@
 """End-to-end benchmark: the train step fed by the real Grain pipeline vs an on-device batch.
 
   python -m efficientnet_jax.benchmark e2e [--arch=b0] [--batch=64] [--res=224]
-      [--data_dir=DIR] [--workers=N] [--steps=20] [--dtype=bfloat16]
+      [--data_dir=DIR] [--workers=N] [--steps=10] [--repeats=3] [--dtype=bfloat16]
 
-Both runs use the same compiled step (benchmarks.step.JaxSteps). "synthetic" feeds one
+Both feeds use the same compiled step (benchmarks.step.JaxSteps). "synthetic" feeds one
 fixed batch already on the device; "pipeline" feeds batches from data.train_iterator
 (read, decode, augment in --workers processes, then host -> device), overlapping with
-the asynchronously dispatched step. A ratio pipeline/synthetic below ~0.95 means the
-accelerator waits for input. Without --data_dir it writes ~700x480 JPEGs (as `input`).
+the asynchronously dispatched step. The two alternate for --repeats rounds and their
+medians are compared. One pipeline serves every round; its workers stop once their few
+batches are ready, so they idle through synthetic rounds (their CPU use in both kinds of
+round is reported, on Linux). A ratio pipeline/synthetic below ~0.95 means the step waits
+for input or, on a CPU-only host, shares its cores with the workers.
+Without --data_dir it writes ~700x480 JPEGs (as `input`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from efficientnet_jax.benchmarks import input as input_benchmark
 from efficientnet_jax.benchmarks.step import JaxSteps, add_model_args
@@ -26,23 +33,49 @@ def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m efficientnet_jax.benchmark e2e",
                               description=__doc__.split("\n")[0])
   add_model_args(p, depthwise_help="auto, conv, shifted or native.")
-  p.add_argument("--steps", type=int, default=20, help="Timed steps per run.")
-  p.add_argument("--warmup", type=int, default=3, help="Untimed steps before each run.")
+  p.add_argument("--steps", type=int, default=10, help="Timed steps per round.")
+  p.add_argument("--warmup", type=int, default=3, help="Untimed steps before each round.")
+  p.add_argument("--repeats", type=int, default=3,
+                 help="Rounds of each feed, alternating (median, min-max reported).")
   input_benchmark.add_data_args(p, synthetic_images=512)
   p.add_argument("--json", default="", help="Also write the results to this file.")
   return p
 
 
-def _images_per_second(run_step, batch: int, steps: int, warmup: int) -> float:
+def children_cpu_seconds() -> float | None:
+  """User + system CPU seconds of this process's live child processes (None off Linux)."""
+  me, total = os.getpid(), 0
+  try:
+    pids = [p for p in os.listdir("/proc") if p.isdigit()]
+  except OSError:
+    return None
+  for pid in pids:
+    try:
+      with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:  # Gone meanwhile, or not readable.
+      continue
+    if int(fields[1]) == me:  # Fields after the name: state, ppid, ..., utime (12), stime (13).
+      total += int(fields[11]) + int(fields[12])
+  return total / os.sysconf("SC_CLK_TCK")
+
+
+def _timed_round(run_step: Callable[[], Any], steps: int, warmup: int) -> tuple[float, float]:
+  """(seconds, CPU seconds of child processes) of `steps` steps after `warmup` steps."""
   import jax
 
   for _ in range(warmup):
     jax.block_until_ready(run_step())
-  start = time.perf_counter()
+  cpu, start = children_cpu_seconds(), time.perf_counter()
   for _ in range(steps):
     result = run_step()
   jax.block_until_ready(result)
-  return batch * steps / (time.perf_counter() - start)
+  seconds, cpu_end = time.perf_counter() - start, children_cpu_seconds()
+  return seconds, (cpu_end - cpu if cpu is not None and cpu_end is not None else float("nan"))
+
+
+def _spread(rates: list[float]) -> dict[str, Any]:
+  return dict(median=statistics.median(rates), min=min(rates), max=max(rates), rounds=rates)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -54,29 +87,53 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = _parser().parse_args(argv)
   args.res = args.res or get_variant(args.arch).resolution
   args.image_size = args.res  # The names input_benchmark.data_config reads.
+  synthetic, fed, cores = [], [], {"synthetic": [], "pipeline": []}
   with tempfile.TemporaryDirectory() as workdir:
     config = input_benchmark.data_config(args, workdir)
     preparation.ensure_prepared(config)
     bench = JaxSteps(args.arch, args.batch, args.res, args.dtype, args.depthwise, remat=False,
                      channels=config.channels)
-    synthetic = _images_per_second(bench.train, args.batch, args.steps, args.warmup)
     it = pipeline.train_iterator(config, global_batch_size=args.batch, seed=0, process_index=0,
                                  process_count=1)
+    feeds = (("synthetic", synthetic, bench.train),
+             ("pipeline", fed, lambda: bench.train(jax.device_put(next(it)))))
     try:
-      fed = _images_per_second(lambda: bench.train(jax.device_put(next(it))), args.batch,
-                               args.steps, args.warmup)
+      for _ in range(args.repeats):
+        for name, rates, run_step in feeds:
+          seconds, cpu = _timed_round(run_step, args.steps, args.warmup)
+          rates.append(args.batch * args.steps / seconds)
+          cores[name].append(cpu / seconds)
     finally:
       it.close()
+  worker_cores = {k: statistics.median(v) for k, v in cores.items()}
   result = dict(arch=args.arch, res=args.res, batch=args.batch, dtype=args.dtype,
                 device=bench.device.device_kind, workers=config.workers, name=bench.name,
-                synthetic_img_s=synthetic, pipeline_img_s=fed, ratio=fed / synthetic)
-  print(f"{args.arch} {args.res}x{args.res} batch {args.batch} {args.dtype} on "
-        f"{result['device']} ({bench.name}), {config.workers} input workers")
-  print(f"synthetic on-device batch {synthetic:9.1f} img/s")
-  print(f"Grain pipeline            {fed:9.1f} img/s   ratio {result['ratio']:.2f}")
+                steps=args.steps, synthetic=_spread(synthetic), pipeline=_spread(fed),
+                synthetic_img_s=statistics.median(synthetic),
+                pipeline_img_s=statistics.median(fed), host_cores=os.cpu_count(),
+                worker_cores=None if any(v != v for v in worker_cores.values()) else worker_cores)
+  result["ratio"] = result["pipeline_img_s"] / result["synthetic_img_s"]
+  print(format_result(result))
   if args.json:
     with open(args.json, "w") as f:
       json.dump(result, f, indent=2)
+
+
+def format_result(r: dict[str, Any]) -> str:
+  """The benchmark's printed report."""
+  rounds = len(r["synthetic"]["rounds"])
+  lines = [f"{r['arch']} {r['res']}x{r['res']} batch {r['batch']} {r['dtype']} on {r['device']} "
+           f"({r['name']}), {r['workers']} input workers, {rounds} alternating rounds of "
+           f"{r['steps']} steps"]
+  for label, key in (("synthetic on-device batch", "synthetic"), ("Grain pipeline", "pipeline")):
+    s = r[key]
+    lines.append(f"{label:<26}{s['median']:9.1f} img/s ({s['min']:.1f}-{s['max']:.1f})")
+  lines[-1] += f"   ratio {r['ratio']:.2f}"
+  if r["worker_cores"] is not None:
+    lines.append(f"input workers used {r['worker_cores']['pipeline']:.2f} of {r['host_cores']} "
+                 f"host cores while feeding the step, {r['worker_cores']['synthetic']:.2f} "
+                 "during synthetic rounds")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":
