@@ -78,9 +78,10 @@ def _data() -> ml_collections.ConfigDict:
   d.worker_buffer_size = 2  # Batches each worker prepares ahead.
   # Threads per process preparing whole batches ahead (0: the iterating thread prepares
   # each batch when asked). Worker processes need none for local data: threads in each
-  # worker only compete for the cores. With workers=0, use about the core count.
+  # worker only compete for the cores. With workers=0, use about the core count, and a
+  # prefetch_buffer_size at least as large (it bounds the batches in progress too).
   d.read_threads = 0
-  d.prefetch_buffer_size = 4  # Batches the read threads keep ready (with read_threads > 0).
+  d.prefetch_buffer_size = 4  # Batches per process in progress or ready (read_threads > 0).
   return d
 
 

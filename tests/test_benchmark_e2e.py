@@ -24,7 +24,8 @@ def test_e2e_alternates_rounds_and_reports_medians_and_their_ratio(tmp_path):
     assert (result[feed]["min"], result[feed]["max"]) == (min(rounds), max(rounds))
   assert math.isclose(result["ratio"], result["pipeline_img_s"] / result["synthetic_img_s"])
   assert (result["res"], result["batch"], result["workers"]) == (32, 2, 0)
-  assert set(result["worker_cores"]) == {"synthetic", "pipeline"}  # Worker CPU: test below.
+  if os.path.isdir("/proc"):  # Worker CPU is read there; see the test below.
+    assert set(result["worker_cores"]) == {"synthetic", "pipeline"}
   printed = e2e.format_result(result)
   assert "2 alternating rounds of 2 steps" in printed and f"ratio {result['ratio']:.2f}" in printed
 
@@ -42,7 +43,7 @@ def _spin_then_sleep(seconds: float, spun) -> None:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="child CPU time is read from /proc")
-def test_children_cpu_seconds_counts_live_children_only():
+def test_children_cpu_seconds_counts_children_not_self():
   ctx = multiprocessing.get_context("spawn")
   spun = ctx.Event()
   child = ctx.Process(target=_spin_then_sleep, args=(0.5, spun))

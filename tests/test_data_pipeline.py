@@ -161,9 +161,14 @@ def test_read_threads_prepare_at_most_the_buffer_of_whole_batches_ahead(config, 
   c = config.copy_and_resolve_references()
   c.read_threads, c.prefetch_buffer_size = 2, 2
   it = pipeline.train_iterator(c, global_batch_size=2, seed=0, process_index=0, process_count=1)
-  next(it)
-  time.sleep(1.0)  # Time to run ahead, were the buffer larger.
-  assert 2 * 2 <= calls[0] <= 2 * (1 + 2 + 2)  # The batch taken, the buffer, one per thread.
-  with pytest.raises(pipeline.DataError, match=r"read_threads=-1"):
-    c.read_threads = -1
-    pipeline.train_iterator(c, global_batch_size=2, seed=0, process_index=0, process_count=1)
+  try:
+    next(it)
+    time.sleep(1.0)  # Time to run ahead, were the buffer larger.
+  finally:
+    it.close()
+  assert 2 * 2 <= calls[0] <= 2 * (1 + 2)  # The batch taken + the buffer (in progress too).
+  for field in ("read_threads", "prefetch_buffer_size"):
+    bad = c.copy_and_resolve_references()
+    bad[field] = -1
+    with pytest.raises(pipeline.DataError, match=rf"config.data.{field}=-1 must be >= 0"):
+      pipeline.train_iterator(bad, global_batch_size=2, seed=0, process_index=0, process_count=1)

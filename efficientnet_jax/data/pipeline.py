@@ -52,12 +52,11 @@ def _workers(config: ml_collections.ConfigDict) -> int:
 
 def _to_iterator(dataset: grain.MapDataset, config: ml_collections.ConfigDict) -> grain.DatasetIterator:
   """Iterates `dataset`, whose elements are whole batches: worker process i of W prepares
-  batches i, i + W, ...; read threads each prepare whole batches, `prefetch_buffer_size`
-  of them ahead."""
-  if config.read_threads < 0 or (config.read_threads and config.prefetch_buffer_size < 1):
-    raise DataError(f"config.data.read_threads={config.read_threads} must be >= 0, and with "
-                    f"read threads prefetch_buffer_size={config.prefetch_buffer_size} >= 1 "
-                    "(batches ready ahead).")
+  batches i, i + W, ...; read threads prepare whole batches, together at most
+  `prefetch_buffer_size` per process, in progress or ready."""
+  for field in ("read_threads", "prefetch_buffer_size"):
+    if config[field] < 0:
+      raise DataError(f"config.data.{field}={config[field]} must be >= 0.")
   iterable = dataset.to_iter_dataset(grain.ReadOptions(
       num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_buffer_size))
   if workers := _workers(config):
