@@ -60,8 +60,9 @@ def children_cpu_seconds() -> float | None:
   return total / os.sysconf("SC_CLK_TCK")
 
 
-def _timed_round(run_step: Callable[[], Any], steps: int, warmup: int) -> tuple[float, float]:
-  """(seconds, CPU seconds of child processes) of `steps` steps after `warmup` steps."""
+def _timed_round(run_step: Callable[[], Any], steps: int,
+                 warmup: int) -> tuple[float, float | None]:
+  """(seconds, CPU seconds of child processes or None) of `steps` steps after `warmup`."""
   import jax
 
   for _ in range(warmup):
@@ -71,7 +72,7 @@ def _timed_round(run_step: Callable[[], Any], steps: int, warmup: int) -> tuple[
     result = run_step()
   jax.block_until_ready(result)
   seconds, cpu_end = time.perf_counter() - start, children_cpu_seconds()
-  return seconds, (cpu_end - cpu if cpu is not None and cpu_end is not None else float("nan"))
+  return seconds, None if cpu is None or cpu_end is None else cpu_end - cpu
 
 
 def _spread(rates: list[float]) -> dict[str, Any]:
@@ -87,7 +88,6 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = _parser().parse_args(argv)
   args.res = args.res or get_variant(args.arch).resolution
   args.image_size = args.res  # The names input_benchmark.data_config reads.
-  synthetic, fed, cores = [], [], {"synthetic": [], "pipeline": []}
   with tempfile.TemporaryDirectory() as workdir:
     config = input_benchmark.data_config(args, workdir)
     preparation.ensure_prepared(config)
@@ -95,23 +95,25 @@ def main(argv: Sequence[str] | None = None) -> None:
                      channels=config.channels)
     it = pipeline.train_iterator(config, global_batch_size=args.batch, seed=0, process_index=0,
                                  process_count=1)
-    feeds = (("synthetic", synthetic, bench.train),
-             ("pipeline", fed, lambda: bench.train(jax.device_put(next(it)))))
+    feeds = {"synthetic": bench.train,
+             "pipeline": lambda: bench.train(jax.device_put(next(it)))}
+    rates, cores = {name: [] for name in feeds}, {name: [] for name in feeds}
     try:
       for _ in range(args.repeats):
-        for name, rates, run_step in feeds:
+        for name, run_step in feeds.items():
           seconds, cpu = _timed_round(run_step, args.steps, args.warmup)
-          rates.append(args.batch * args.steps / seconds)
-          cores[name].append(cpu / seconds)
+          rates[name].append(args.batch * args.steps / seconds)
+          cores[name].append(None if cpu is None else cpu / seconds)
     finally:
       it.close()
-  worker_cores = {k: statistics.median(v) for k, v in cores.items()}
+  measured = all(c is not None for v in cores.values() for c in v)
   result = dict(arch=args.arch, res=args.res, batch=args.batch, dtype=args.dtype,
                 device=bench.device.device_kind, workers=config.workers, name=bench.name,
-                steps=args.steps, synthetic=_spread(synthetic), pipeline=_spread(fed),
-                synthetic_img_s=statistics.median(synthetic),
-                pipeline_img_s=statistics.median(fed), host_cores=os.cpu_count(),
-                worker_cores=None if any(v != v for v in worker_cores.values()) else worker_cores)
+                steps=args.steps, **{name: _spread(r) for name, r in rates.items()},
+                **{f"{name}_img_s": statistics.median(r) for name, r in rates.items()},
+                host_cores=os.cpu_count(),
+                worker_cores={name: statistics.median(c) for name, c in cores.items()}
+                if measured else None)
   result["ratio"] = result["pipeline_img_s"] / result["synthetic_img_s"]
   print(format_result(result))
   if args.json:
