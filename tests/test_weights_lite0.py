@@ -17,7 +17,7 @@ from PIL import Image
 import weights_reference as ref
 from efficientnet_jax import predict
 from efficientnet_jax.weights import create_pretrained, load_weights
-from efficientnet_jax.weights.class_names import imagenet1k_class_names
+from efficientnet_jax.weights.imagenet_classes import imagenet1k_class_names
 
 pytestmark = pytest.mark.torch
 
@@ -76,7 +76,7 @@ def test_real_photos_match_reference_and_are_recognised(converted, photo_paths, 
   ours = ref.jax_logits(model, nchw)
   theirs = ref.torch_logits(reference, nchw)
 
-  assert np.abs(ours - theirs).max() <= 1e-4
+  ref.assert_logit_parity(ours, theirs)
   top1 = dict(zip(PHOTOS, ours.argmax(-1)))
   assert top1["chelsea"] in CATS
   assert imagenet1k_class_names()[top1["coffee"]] == "espresso"

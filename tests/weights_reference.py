@@ -60,6 +60,27 @@ def _batchnorms(module: torch.nn.Module) -> list[torch.nn.BatchNorm2d]:
   return [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
 
 
+# Parity: max |our logit - the reference's| <= LOGIT_TOLERANCE x max(1, max |logit|). Both are
+# float32 approximations of the float64 logits; on a randomized B2 at 64 px their rounding
+# differences reached 8e-5 to 1.1e-4 (logits up to 5.8), depending only on the order of the
+# sums (which depthwise implementation, which CPU): an absolute 1e-4 was within that noise.
+LOGIT_TOLERANCE = 1e-4
+# And against the float64 truth ours may be at most this many times as far as the
+# reference's own float32 logits are (a porting error is orders of magnitude larger).
+FLOAT64_FACTOR = 3.0
+
+
+def assert_logit_parity(actual: np.ndarray, expected: np.ndarray,
+                        truth: np.ndarray | None = None) -> None:
+  """Our float32 logits `actual` vs the reference's float32 `expected` (and float64 `truth`)."""
+  assert expected.std(axis=0).mean() > 0.1, "logits must depend on the input to compare anything"
+  scale = max(1.0, float(np.abs(expected).max()))
+  assert np.abs(actual - expected).max() <= LOGIT_TOLERANCE * scale, (
+      f"max |delta| {np.abs(actual - expected).max():.3g} > {LOGIT_TOLERANCE} x {scale:.3g}")
+  if truth is not None:
+    assert np.abs(actual - truth).max() <= FLOAT64_FACTOR * np.abs(expected - truth).max()
+
+
 def state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
   return {k: v.detach().numpy() for k, v in model.state_dict().items()}
 
