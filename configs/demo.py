@@ -16,7 +16,7 @@ import tempfile
 
 import ml_collections
 
-from configs import default
+from efficientnet_jax.config import get_config as default_config
 from efficientnet_jax.data.synthetic import make_synthetic_cars
 
 NUM_CLASSES = 4
@@ -41,7 +41,7 @@ def demo_data_root() -> str:
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = default.get_config()
+  config = default_config()
   root = demo_data_root()
   config.data.dir = os.path.join(root, "stanford_cars_synthetic")
   config.data.tfds_dir = os.path.join(root, "tfds")
@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.workers = 0  # Decode in-process: the images are tiny and the cores are few.
   config.data.read_threads = 2
 
-  config.model.name = "b0"
+  config.model.arch = "b0"
   config.model.num_classes = NUM_CLASSES
   config.model.dropout_rate = 0.0
   config.model.bn_momentum = 0.9  # Running statistics must settle within a few dozen steps.

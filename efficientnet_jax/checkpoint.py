@@ -1,10 +1,10 @@
 """Orbax checkpoints: 'latest' (resume) and 'best' (model selection) managers; preemption.
 
 Layout under <workdir>/checkpoints/:
-  latest/<step>/  state (TrainState), meta (JSON: epoch, plateau, early stop, ...),
+  latest/<step>/  state (steps.TrainState), meta (JSON: epoch, plateau, early stop, ...),
                   data (Grain iterator state, one file per process); keep N, async.
-  best/<step>/    model (params, BN stats, EMA), meta (JSON: epoch, validation metrics);
-                  keep K by validation top-1.
+  best/<step>/    model (steps.Variables: params, BN stats, EMA), meta (JSON: epoch,
+                  validation metrics); keep K by validation top-1.
 Two managers, because Orbax's best_fn alone would also prune the checkpoints needed to
 resume. Orbax writes each step into a temporary folder and renames it when complete, so
 an interrupted save never damages the previous checkpoint.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import signal
 import threading
 from typing import Any
@@ -25,6 +26,10 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 BEST_METRIC = "val/top1"
+LATEST, BEST = "latest", "best"
+# The TrainState field that holds the weights (steps.TrainState.variables); a 'latest'
+# checkpoint without it was written before the weights were grouped (steps.TrainState.legacy).
+VARIABLES = "variables"
 
 
 def abstract(tree: Any) -> Any:
@@ -36,14 +41,13 @@ class Checkpoints:
   """The run's 'latest' and 'best' checkpoint managers."""
 
   def __init__(self, workdir: str, cfg: ml_collections.ConfigDict):
-    root = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.keep_best = cfg.keep_best
     self.latest = ocp.CheckpointManager(
-        os.path.join(root, "latest"),
+        manager_dir(workdir, LATEST),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep_latest, enable_async_checkpointing=cfg.async_save, create=True))
     self.best = ocp.CheckpointManager(
-        os.path.join(root, "best"),
+        manager_dir(workdir, BEST),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep_best, best_fn=lambda m: m[BEST_METRIC], best_mode="max",
             enable_async_checkpointing=cfg.async_save, create=True))
@@ -66,13 +70,22 @@ class Checkpoints:
     """(state, meta) of the latest checkpoint; `data_iterator` is moved to its position.
 
     `target_state` (arrays or abstract()) gives the structure and the shardings, so a
-    checkpoint written on another device count restores onto this mesh.
+    checkpoint written on another device count restores onto this mesh. A steps.TrainState
+    checkpoint written before the weights were grouped into Variables restores too.
     """
     step = self.latest.latest_step()
+    legacy = hasattr(target_state, "legacy") and VARIABLES not in self._saved_state_keys(step)
+    target = target_state.legacy() if legacy else target_state
     restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract(target_state)), meta=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(abstract(target)), meta=ocp.args.JsonRestore()))
     data_iterator.set_state(self._data_state(step))
-    return restored.state, restored.meta
+    state = type(target_state).from_legacy(restored.state) if legacy else restored.state
+    return state, restored.meta
+
+  def _saved_state_keys(self, step: int) -> set[str]:
+    """The top-level keys of the state saved at `step`."""
+    with ocp.PyTreeCheckpointer() as reader:
+      return set(reader.metadata(item_path(self.latest.directory, step, "state")).item_metadata.tree)
 
   def _data_state(self, step: int) -> dict[str, Any]:
     """This process's saved iterator position at `step`.
@@ -80,8 +93,7 @@ class Checkpoints:
     A checkpoint written by another number of processes has no file for this process:
     process 0's is taken, as the position counts global batches (the same on every process).
     """
-    folder = ocp.step.build_step_path(
-        self.latest.directory, ocp.step.standard_name_format(), step) / "data"
+    folder = item_path(self.latest.directory, step, "data")
     # Grain's CheckpointSave names the files process_<index>-of-<count>.json.
     path = folder / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
     if not path.exists():
@@ -129,6 +141,65 @@ class Checkpoints:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def manager_dir(workdir: str, kind: str) -> str:
+  """<workdir>/checkpoints/<kind> for kind 'latest' or 'best'."""
+  return os.path.join(os.path.abspath(workdir), "checkpoints", kind)
+
+
+def item_path(directory: str | os.PathLike, step: int, item: str) -> pathlib.Path:
+  """The folder of item `item` ('state', 'model', 'meta', 'data') of checkpoint `step`."""
+  return pathlib.Path(ocp.step.build_step_path(
+      directory, ocp.step.standard_name_format(), step)) / item
+
+
+def find_step(workdir: str, which: str | int) -> tuple[str, int]:
+  """(kind, step) of a finished checkpoint of `workdir`: `which` is 'best' (highest validation
+  top-1), 'latest' or a step number (among the latest, then the best checkpoints)."""
+  found = {}
+  for kind in (LATEST, BEST):
+    if os.path.isdir(manager_dir(workdir, kind)):
+      with ocp.CheckpointManager(manager_dir(workdir, kind)) as manager:
+        found[kind] = (manager.all_steps(),
+                       manager.best_step() if kind == BEST else manager.latest_step())
+  if which in (LATEST, BEST):
+    step = found.get(which, ((), None))[1]
+    if step is None:
+      raise FileNotFoundError(f"{manager_dir(workdir, which)}: no finished {which!r} checkpoint; "
+                              "a run writes them from its first epoch on.")
+    return which, step
+  step = int(which)
+  for kind in (LATEST, BEST):
+    if step in found.get(kind, ((), None))[0]:
+      return kind, step
+  listed = {k: sorted(v[0]) for k, v in found.items()}
+  raise FileNotFoundError(f"{workdir}: no checkpoint at step {step} (steps kept: {listed}).")
+
+
+def read_variables(workdir: str, kind: str, step: int, target: Any, *, ema: bool) -> Any:
+  """The model weights (steps.Variables; with the EMA if `ema`) of checkpoint `step` of `kind`.
+
+  `target`: abstract steps.Variables without EMA (shapes, dtypes, shardings); the EMA, when
+  asked for, has the same structure. Nothing else of the checkpoint (optimizer state) is read.
+  """
+  path = item_path(manager_dir(workdir, kind), step, "model" if kind == BEST else "state")
+  with ocp.PyTreeCheckpointer() as reader:
+    saved = reader.metadata(path).item_metadata.tree
+    weights = {"params": target.params, "batch_stats": target.batch_stats}
+    if ema:
+      holder = saved.get(VARIABLES, saved) if kind == LATEST else saved
+      if "ema" not in holder:
+        raise ValueError(f"{path}: the run kept no EMA (optim.ema_decay=0); drop --ema.")
+      weights["ema"] = dict(weights)
+    wanted = {VARIABLES: weights} if kind == LATEST and VARIABLES in saved else weights
+    restored = reader.restore(path, args=ocp.args.PyTreeRestore(
+        item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+        partial_restore=True))
+  restored = restored.get(VARIABLES, restored)
+  ema_tree = restored.get("ema")
+  return type(target)(restored["params"], restored["batch_stats"],
+                      None if ema_tree is None else type(target)(**ema_tree))
 
 
 class StopSignal:

@@ -11,14 +11,14 @@ Sources (--source, default auto: from the keys, and for timm's layout the file n
   torchvision  torchvision efficientnet_b0…b7 (symmetric padding; BN eps 1e-5, b5-b7 1e-3)
 --arch is inferred from the tensors when omitted. The output directory holds params.npz
 and metadata.json (arch, padding, BN epsilon, input convention, class names); any
---weights / config.model.pretrained accepts it.
+--weights / config.pretrained accepts it.
 """
 
 from __future__ import annotations
 
 from absl import app, flags
 
-from efficientnet_jax.models import VARIANTS
+from efficientnet_jax.models import ARCHS
 from efficientnet_jax.weights import (SOURCE_NAMES, PortedWeights, WeightsError, convert_checkpoint,
                                       save_weights)
 
@@ -61,7 +61,7 @@ def _define_flags() -> None:
   # in a process that imports several of them (tests).
   flags.DEFINE_string("input", None, "PyTorch checkpoint (.pth, .pt, .bin, .safetensors).", required=True)
   flags.DEFINE_string("output", None, "Directory to write params.npz and metadata.json into.", required=True)
-  flags.DEFINE_enum("arch", None, list(VARIANTS), "Architecture; inferred from the tensors if unset.")
+  flags.DEFINE_enum("arch", None, list(ARCHS), "Architecture; inferred from the tensors if unset.")
   flags.DEFINE_enum("source", "auto", list(SOURCE_NAMES), "Where the checkpoint comes from (see above).")
 
 

@@ -18,7 +18,7 @@ if __name__ == "__main__":
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from efficientnet_jax import metrics, parallel, train  # noqa: E402
+from efficientnet_jax import parallel, progress, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training configuration file (see configs/).", lock_config=True)
@@ -40,7 +40,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
     sys.exit(f"Unknown config field {detail.splitlines()[0]} in {' '.join(overrides)}. "
              + " ".join(detail.splitlines()[1:])
-             + " configs/default.py documents every field.")
+             + " efficientnet_jax/config.py documents every field.")
   except flags.Error as e:
     sys.exit(f"{e}\nPass --helpshort or --helpfull to see help on flags.")
 
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
-  metrics.quiet_library_logs()
+  progress.quiet_library_logs()
   parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if not parallel.is_main_process():
     logging.set_verbosity(logging.WARNING)  # Process 0 reports for all.

@@ -19,7 +19,7 @@ from typing import Any
 from absl import app
 from PIL import Image, ImageDraw, ImageFont
 
-from efficientnet_jax.metrics import flatten
+from efficientnet_jax.summaries import flatten
 
 METRICS = (("val top1", "#1f77b4"), ("test top1", "#ff7f0e"))
 

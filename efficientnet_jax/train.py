@@ -19,10 +19,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from efficientnet_jax import checkpoint, data, metrics, optim, parallel, steps
-from efficientnet_jax.models import EfficientNet, create_model
-
-INPUT_CONVENTIONS = ("weights", "config")
+from efficientnet_jax import (checkpoint, data, metrics, optim, parallel, progress, run_model,
+                              steps, summaries)
 
 
 @dataclasses.dataclass
@@ -52,49 +50,12 @@ class HostState:
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A validated copy of `config` (the caller's stays untouched)."""
   config = config.copy_and_resolve_references()
-  if config.train.input_convention not in INPUT_CONVENTIONS:
-    raise ValueError(f"train.input_convention={config.train.input_convention!r}; "
-                     f"choose one of {INPUT_CONVENTIONS}.")
   if config.model.in_channels != config.data.channels:
     raise ValueError(f"model.in_channels={config.model.in_channels} but data.channels="
                      f"{config.data.channels}; set both to 3 (RGB) or both to 1 (grayscale).")
   if config.train.num_epochs < 1 or config.train.eval_every_epochs < 1:
     raise ValueError("train.num_epochs and train.eval_every_epochs must be >= 1.")
   return config
-
-
-def create_model_from_config(config: ml_collections.ConfigDict) -> EfficientNet:
-  """The model of config.model, with pretrained weights loaded when model.pretrained is set.
-
-  With train.input_convention='weights', the weights' normalization, eval interpolation
-  and crop fraction replace those of config.data (modified in place).
-  """
-  m = config.model
-  model = create_model(
-      m.name, num_classes=m.num_classes, in_channels=m.in_channels, padding=m.padding,
-      dropout_rate=m.dropout_rate, drop_connect_rate=m.drop_connect_rate,
-      bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon, dtype=m.dtype,
-      depthwise=m.depthwise, freeze_bn=m.freeze_bn, remat=m.remat, head_init=m.head_init,
-      seed=config.seed)
-  if not m.pretrained:
-    return model
-  from efficientnet_jax import weights  # pylint: disable=g-import-not-at-top
-
-  convention = weights.load_pretrained(model, m.pretrained)
-  if config.train.input_convention == "weights":
-    low, high = convention.value_range
-    # Our normalization is (pixels / 255 - mean) / std: express the convention in 0..1 units.
-    mean = tuple((v - low) / (high - low) for v in convention.mean)
-    std = tuple(v / (high - low) for v in convention.std)
-    d = config.data
-    if d.channels == 3:
-      d.mean, d.std = mean, std
-    else:
-      d.gray_mean, d.gray_std = mean, std
-    d.interpolation, d.crop_pct = convention.interpolation, convention.crop_pct
-    logging.info("Pretrained %s: input convention mean=%s std=%s interpolation=%s crop_pct=%s",
-                 m.pretrained, mean, std, d.interpolation, d.crop_pct)
-  return model
 
 
 def _check_classes(config: ml_collections.ConfigDict, class_names: tuple[str, ...]) -> None:
@@ -105,55 +66,39 @@ def _check_classes(config: ml_collections.ConfigDict, class_names: tuple[str, ..
         f"set --config.model.num_classes={len(class_names)}.")
 
 
-class Evaluator:
-  """Jitted evaluation of model variables on a split, every example exactly once."""
-
-  def __init__(self, config: ml_collections.ConfigDict, graphdef, mesh, mean, std):
-    self.config = config
-    self.mesh = mesh
-    self.step = jax.jit(
-        steps.make_eval_step(graphdef, label_smoothing=config.optim.label_smoothing, mean=mean, std=std),
-        out_shardings=parallel.replicated(mesh))
-
-  def __call__(self, variables: tuple[Any, Any, Any], split: str) -> metrics.EvalMetrics:
-    total = None
-    for batch in data.eval_iterator(self.config.data, split,
-                                    global_batch_size=self.config.eval.batch_size):
-      total = metrics.merge(total, self.step(*variables, parallel.global_batch(batch, self.mesh)))
-    return total
-
-
-def _best_model(state: steps.TrainState) -> dict[str, Any]:
-  """What the 'best' checkpoint keeps: the weights (and their EMA), no optimizer state."""
-  model = {"params": state.params, "batch_stats": state.batch_stats}
-  if state.ema is not None:
-    model["ema"] = {"params": state.ema.params, "batch_stats": state.ema.batch_stats}
-  return model
+def evaluate(compiled: steps.CompiledSteps, weights: steps.Variables,
+             data_config: ml_collections.ConfigDict, split: str,
+             batch_size: int) -> metrics.EvalMetrics:
+  """Metrics of `weights` on `split`, every example exactly once over all processes."""
+  total = None
+  for batch in data.eval_iterator(data_config, split, global_batch_size=batch_size):
+    total = metrics.merge(total, compiled.evaluate(weights, parallel.global_batch(batch, compiled.mesh)))
+  return total
 
 
 class Trainer:
-  """One session of a run: the state, the jitted steps, and the loop over them."""
+  """One session of a run: the state, the compiled steps, and the loop over them."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
                ckpts: checkpoint.Checkpoints):
     self.session_start = time.perf_counter()
-    self.config, self.workdir, self.ckpts = config, workdir, ckpts
+    self.workdir, self.ckpts = workdir, ckpts
     self.mesh = parallel.create_mesh()
     parallel.host_batch_size(config.train.batch_size, self.mesh, "train.batch_size")
     parallel.host_batch_size(config.eval.batch_size, self.mesh, "eval.batch_size")
 
     with parallel.main_process_first("prepare_data"):  # Process 0 prepares; others then read.
-      data.ensure_prepared(config.data)
-    self.class_names = data.class_names(config.data)
+      dataset_dir = data.ensure_prepared(config.data)
+    self.class_names = data.class_names(dataset_dir)
     _check_classes(config, self.class_names)
-    model = create_model_from_config(config)
-    mean, std = data.normalization(config.data)
+    model, convention = run_model.build(config)
+    self.config = config = run_model.with_input(config, convention)
     self.steps_per_epoch = data.steps_per_epoch(config.data, config.train.batch_size)
     self.total_steps = config.train.num_epochs * self.steps_per_epoch
 
-    tx = optim.create_optimizer(config.optim, steps.split_model(model)[1])
-    graphdef, state = steps.create_train_state(model, tx, config.optim.ema_decay)
-    self.state = parallel.replicate(state, self.mesh)
+    self.compiled, self.state = steps.build(
+        model, config.optim, self.mesh, mean=convention.mean, std=convention.std,
+        steps_per_epoch=self.steps_per_epoch, num_epochs=config.train.num_epochs)
     self.host = HostState(optim.Plateau.from_config(config.optim),
                           optim.EarlyStopping.from_config(config.optim))
     self.train_iter = data.train_iterator(config.data, global_batch_size=config.train.batch_size,
@@ -166,15 +111,10 @@ class Trainer:
     self.wall_before = self.host.wall_seconds
 
     self.repl = parallel.replicated(self.mesh)
-    schedule = optim.learning_rate_schedule(config.optim, self.steps_per_epoch, config.train.num_epochs)
-    self.train_step = jax.jit(
-        steps.make_train_step(graphdef, tx, schedule, label_smoothing=config.optim.label_smoothing,
-                              mean=mean, std=std, ema_decay=config.optim.ema_decay),
-        donate_argnums=0, out_shardings=(self.repl, self.repl))
-    self.evaluate = Evaluator(config, graphdef, self.mesh, mean, std)
-    self.writer = metrics.create_writer(workdir)
+    self.writer = summaries.create_writer(workdir)
     if self.step == 0:
-      metrics.write_run_info(workdir, config, self.writer)
+      summaries.write_run_info(workdir, config, self.writer)
+    run_model.save(workdir, model.options, convention, self.class_names)
 
   def train(self) -> tuple[bool, float | None]:
     """Runs the loop to the last epoch or an early stop; returns (interrupted, images/s).
@@ -183,34 +123,35 @@ class Trainer:
     """
     config, spe = self.config, self.steps_per_epoch
     logging.info("Training %s: %d classes, %d steps/epoch, %d epochs, global batch %d on %d "
-                 "device(s); from step %d.", config.model.name, len(self.class_names), spe,
+                 "device(s); from step %d.", config.model.arch, len(self.class_names), spe,
                  config.train.num_epochs, config.train.batch_size, self.mesh.devices.size, self.step)
-    progress = metrics.Progress(self.total_steps, self.step, config.train.batch_size)
-    timer = metrics.Throughput()
+    console = progress.Progress(self.total_steps, self.step, config.train.batch_size)
+    timer = progress.Throughput()
     train_metrics = None
     with checkpoint.StopSignal() as stop:
       while self.step < self.total_steps and not self.host.stopped_early:
         batch = next(self.train_iter)
         if self.step == 0 and config.train.num_sample_images:
-          self.writer.write_images(0, {"train/augmented_samples": metrics.image_grid(
+          self.writer.write_images(0, {"train/augmented_samples": summaries.image_grid(
               batch["image"][:config.train.num_sample_images])[None]})
-        self.state, step_metrics = self.train_step(self.state, parallel.global_batch(batch, self.mesh))
+        self.state, step_metrics = self.compiled.train(self.state,
+                                                       parallel.global_batch(batch, self.mesh))
         self.step += 1
         timer.step(self.state, config.train.batch_size)
         train_metrics = metrics.merge(train_metrics, step_metrics)
         epoch, in_epoch = divmod(self.step, spe)
         logged = self.step % config.train.log_every_steps == 0 or not in_epoch
         if logged:
-          scalars = {**metrics.scalars(train_metrics, "train"), **progress.timing(self.step),
+          scalars = {**metrics.scalars(train_metrics, "train"), **console.timing(self.step),
                      "train/epoch": self.step / spe}
           self.writer.write_scalars(self.step, scalars)
-          progress.log(self.step, epoch + (1 if in_epoch else 0), config.train.num_epochs, scalars)
+          console.log(self.step, epoch + (1 if in_epoch else 0), config.train.num_epochs, scalars)
           train_metrics = None
         if not in_epoch and (epoch % config.train.eval_every_epochs == 0
                              or self.step == self.total_steps):
           with timer.paused(self.state):
             self.validate(epoch)
-          progress.timing(self.step)  # The next interval's throughput excludes validation.
+          console.timing(self.step)  # The next interval's throughput excludes validation.
         # Processes must stop after the same step, even if a signal reached only some of
         # them: with several, they agree (a collective) where the host waits anyway.
         poll = jax.process_count() == 1 or logged
@@ -225,24 +166,27 @@ class Trainer:
       self.save_latest()
     return False, timer.images_per_sec(self.state)
 
+  def evaluate(self, weights: steps.Variables, split: str) -> metrics.EvalMetrics:
+    return evaluate(self.compiled, weights, self.config.data, split, self.config.eval.batch_size)
+
   def validate(self, epoch: int) -> None:
     """Validation -> TensorBoard, plateau (lr scale), early stopping, 'best' checkpoint."""
-    host, state = self.host, self.state
-    scalars = metrics.scalars(self.evaluate(steps.variables_of(state), "val"), "val")
-    if state.ema is not None:
-      scalars.update(metrics.scalars(
-          self.evaluate(steps.variables_of(state, use_ema=True), "val"), "val_ema"))
+    host, variables = self.host, self.state.variables
+    scalars = metrics.scalars(self.evaluate(variables.weights(), "val"), "val")
+    if variables.ema is not None:
+      scalars.update(metrics.scalars(self.evaluate(variables.weights(ema=True), "val"), "val_ema"))
     self.writer.write_scalars(self.step, {**scalars, "train/epoch": epoch})
     loss, top1 = scalars["val/loss"], scalars["val/top1"]
     if self.config.optim.plateau.enabled and host.plateau.update(loss):
       logging.info("Validation loss plateaued: learning rate scale now %g.", host.plateau.scale)
-      self.state = state.replace(lr_scale=jax.device_put(jnp.float32(host.plateau.scale), self.repl))
+      self.state = self.state.replace(
+          lr_scale=jax.device_put(jnp.float32(host.plateau.scale), self.repl))
     if self.config.optim.early_stopping.enabled and host.early_stopping.update(loss):
       host.stopped_early = True
     host.best_val_top1 = max(host.best_val_top1, top1)
     if self.ckpts.is_among_best(top1):
-      self.ckpts.save_best(self.step, _best_model(state),
-                           {"epoch": epoch, "step": self.step, **scalars}, top1)
+      self.ckpts.save_best(self.step, variables, {"epoch": epoch, "step": self.step, **scalars},
+                           top1)
     logging.info("epoch %d/%d validation: loss=%.4f top1=%.4f top5=%.4f (best top1 %.4f)%s",
                  epoch, self.config.train.num_epochs, loss, top1, scalars["val/top5"],
                  host.best_val_top1, " -> early stop" if host.stopped_early else "")
@@ -253,11 +197,11 @@ class Trainer:
 
   def test_best(self, images_per_sec: float | None) -> dict[str, Any]:
     """Evaluates the best checkpoint on test; writes results.json and TensorBoard summaries."""
-    restored = self.ckpts.restore_best(_best_model(self.state))
+    restored = self.ckpts.restore_best(self.state.variables)
     if restored is None:
       raise RuntimeError(f"No best checkpoint in {self.workdir}/checkpoints/best to test.")
     best, best_meta = restored
-    test = self.evaluate((best["params"], best["batch_stats"], self.state.rngs), "test")
+    test = self.evaluate(best.weights(), "test")
     confusion = np.asarray(jax.device_get(test.confusion.compute()))
     scalars = metrics.scalars(test, "test")
     results = {
@@ -272,15 +216,14 @@ class Trainer:
         "wall_time_sec": self.host.wall_seconds,
         "train_images_per_sec": images_per_sec,
     }
-    if "ema" in best:
-      ema = metrics.scalars(
-          self.evaluate((best["ema"]["params"], best["ema"]["batch_stats"], self.state.rngs), "test"),
-          "test_ema")
+    if best.ema is not None:
+      ema = metrics.scalars(self.evaluate(best.weights(ema=True), "test"), "test_ema")
       results["test_ema"] = {k.split("/")[1]: v for k, v in ema.items()}
       scalars.update(ema)
     self.writer.write_scalars(self.step, scalars)
-    self.writer.write_images(self.step, {"test/confusion_matrix": metrics.confusion_image(confusion)[None]})
-    metrics.write_json(os.path.join(self.workdir, "results.json"), results)
+    self.writer.write_images(self.step, {
+        "test/confusion_matrix": summaries.confusion_image(confusion)[None]})
+    summaries.write_json(os.path.join(self.workdir, "results.json"), results)
     hardest = results["test"]["hardest_classes"][:3]
     logging.info("Test (best checkpoint: epoch %d): top1=%.4f top5=%.4f loss=%.4f; hardest: %s",
                  best_meta["epoch"], scalars["test/top1"], scalars["test/top5"], scalars["test/loss"],

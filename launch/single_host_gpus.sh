@@ -4,7 +4,7 @@
 # and BatchNorm sees all of it.
 #
 #   launch/single_host_gpus.sh --config=configs/b0_cars.py --workdir=runs/b0
-#   GPUS=0,1 launch/single_host_gpus.sh --config=configs/b5_cars.py --workdir=runs/b5
+#   GPUS=0,1 launch/single_host_gpus.sh --config=configs/cars.py:b5 --workdir=runs/b5
 #
 # Arguments go to `python -m efficientnet_jax.main`. Environment: GPUS (CUDA device ids,
 # default all), PYTHON (default python3), MEM_FRACTION (share of each GPU's memory JAX

@@ -7,7 +7,7 @@ import pytest
 import scipy.io
 
 from efficientnet_jax.data import layouts, synthetic
-from efficientnet_jax.data.class_names import STANFORD_CARS_CLASSES
+from efficientnet_jax.data.official_classes import STANFORD_CARS_CLASSES
 from efficientnet_jax.data.errors import DataError
 
 
@@ -25,7 +25,7 @@ def test_detects_and_reads_every_layout(tmp_path, layout):
   assert raw.class_names == STANFORD_CARS_CLASSES[:3]
   assert {s: len(e) for s, e in raw.splits.items()} == {"train": 6, "test": 3}
   assert sorted(e.label for e in raw.splits["train"]) == [0, 0, 1, 1, 2, 2]
-  for split in layouts.SPLITS:
+  for split in layouts.RAW_SPLITS:
     for e in raw.splits[split]:
       assert os.path.isfile(e.path), e
       assert e.path == os.path.join(root, e.name)

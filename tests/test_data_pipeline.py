@@ -1,18 +1,12 @@
 """Grain pipelines on a prepared synthetic copy: sharding, epochs, exact-once eval, resume."""
 
 import collections
-import importlib.util
-import pathlib
 
 import numpy as np
 import pytest
 
-from efficientnet_jax.data import pipeline, synthetic
-
-_DEFAULT = pathlib.Path(__file__).parents[1] / "configs" / "default.py"
-_spec = importlib.util.spec_from_file_location("configs_default_for_data_tests", _DEFAULT)
-default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(default)
+from efficientnet_jax.config import get_config
+from efficientnet_jax.data import pipeline, preparation, records, synthetic
 
 NO_AUGMENTATION = {"hflip": 0.0, "rotate": 0.0, "translate": 0.0, "scale": (1.0, 1.0),
                    "shear": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0,
@@ -24,7 +18,7 @@ def config(tmp_path_factory):
   root = tmp_path_factory.mktemp("cars")
   synthetic.make_synthetic_cars(str(root / "raw"), layout="official", num_classes=3,
                                 per_class_train=10, per_class_test=5, size=(24, 20))
-  c = default.get_config().data
+  c = get_config().data
   c.dir, c.tfds_dir = str(root / "raw"), str(root / "tfds")
   c.image_size, c.workers, c.read_threads = 8, 0, 2
   pipeline.num_examples(c, "train")  # Prepares once for the module.
@@ -54,7 +48,7 @@ def _eval_all(config, split, processes, batch):
 def test_sizes_and_class_names(config):
   assert [pipeline.num_examples(config, s) for s in ("train", "val", "test")] == [27, 3, 15]
   assert pipeline.steps_per_epoch(config, 4) == 6
-  assert pipeline.class_names(config)[0] == "AM General Hummer SUV 2000"
+  assert records.class_names(preparation.ensure_prepared(config))[0] == "AM General Hummer SUV 2000"
   assert pipeline.eval_steps(config, "test", 4, process_count=2) == 4
 
 
@@ -135,11 +129,13 @@ def test_two_worker_processes_match_in_process_batches_and_resume(config):
 
 def test_normalization_follows_channels(config):
   mean, std = pipeline.normalization(config)
-  np.testing.assert_allclose(mean, [0.470, 0.460, 0.455])
-  assert mean.dtype == std.dtype == np.float32
+  assert mean == (0.470, 0.460, 0.455) and std == (0.267, 0.266, 0.270)
   gray = config.copy_and_resolve_references()
   gray.channels = 1
-  np.testing.assert_allclose(pipeline.normalization(gray), [[0.462], [0.270]])
+  assert pipeline.normalization(gray) == ((0.462,), (0.270,))
+  gray.gray_mean = (0.4, 0.4, 0.4)
+  with pytest.raises(pipeline.DataError, match="need 1 value"):
+    pipeline.normalization(gray)
 
 
 def test_read_threads_prepare_at_most_the_buffer_of_whole_batches_ahead(config, monkeypatch):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from efficientnet_jax.data import layouts, preparation, source, synthetic
-from efficientnet_jax.data.class_names import STANFORD_CARS_CLASSES
+from efficientnet_jax.data import layouts, preparation, records, synthetic
+from efficientnet_jax.data.official_classes import STANFORD_CARS_CLASSES
 from efficientnet_jax.data.errors import DataError
 
 SIZE = (40, 30)
@@ -37,7 +37,7 @@ def _expected_labels(root: str) -> dict[str, tuple[int, tuple]]:
 
 
 def _records(dataset_dir: str, split: str) -> list[dict]:
-  src = source.PreparedSource(dataset_dir, split)
+  src = records.PreparedSource(dataset_dir, split)
   return [src[i] for i in range(len(src))]
 
 
@@ -59,7 +59,7 @@ def test_skip_policy_converts_odd_images_and_never_shifts_labels(tmp_path):
   odd = _copy_with_odd_images(root)
   expected = _expected_labels(root)
   dataset_dir = preparation.prepare(root, str(tmp_path / "tfds"), bad_images="skip", threads=2)
-  assert source.class_names(dataset_dir) == STANFORD_CARS_CLASSES[:3]
+  assert records.class_names(dataset_dir) == STANFORD_CARS_CLASSES[:3]
   train, test = _records(dataset_dir, "train"), _records(dataset_dir, "test")
   assert len(train) == 8 and len(test) == 6
   names = [r["file_name"] for r in train]
@@ -75,7 +75,7 @@ def test_skip_policy_converts_odd_images_and_never_shifts_labels(tmp_path):
   with Image.open(io.BytesIO(by_name[odd["gray"]]["image"])) as image:
     pixels = np.asarray(image, np.int16)
   assert np.abs(pixels[..., 0] - pixels[..., 2]).max() <= 3  # Still gray, stored as RGB.
-  assert source.split_labels(dataset_dir, "train").tolist() == [r["label"] for r in train]
+  assert records.split_labels(dataset_dir, "train").tolist() == [r["label"] for r in train]
 
 
 def _config(tmp_path, data_dir, tfds_dir):
@@ -108,10 +108,10 @@ def test_cli_prepares_and_prints_the_dataset_dir(tmp_path):
   root = synthetic.make_synthetic_cars(str(tmp_path / "raw"), layout="combined", num_classes=2,
                                        per_class_train=2, per_class_test=1, size=(16, 16))
   result = subprocess.run(
-      [sys.executable, "-m", "efficientnet_jax.prepare", f"--source={root}",
-       f"--data_dir={tmp_path / 'tfds'}"], capture_output=True, text=True, check=False,
+      [sys.executable, "-m", "efficientnet_jax.prepare", f"--dir={root}",
+       f"--tfds_dir={tmp_path / 'tfds'}"], capture_output=True, text=True, check=False,
       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
   assert result.returncode == 0, result.stderr[-2000:]
   dataset_dir = result.stdout.strip().splitlines()[-1]
-  assert source.split_labels(dataset_dir, "train").tolist().count(1) == 2
-  assert len(source.split_labels(dataset_dir, "test")) == 2
+  assert records.split_labels(dataset_dir, "train").tolist().count(1) == 2
+  assert len(records.split_labels(dataset_dir, "test")) == 2

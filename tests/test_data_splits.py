@@ -41,7 +41,7 @@ def _config(val_split):
 @pytest.fixture
 def labels(monkeypatch):
   sizes = {"train": 30, "test": 12}
-  monkeypatch.setattr(splits.source, "split_labels",
+  monkeypatch.setattr(splits.records, "split_labels",
                       lambda _, split: np.arange(sizes[split]) % 3)
 
 

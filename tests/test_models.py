@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from efficientnet_jax.models import VARIANTS, create_model, layers, specs, summary
+from efficientnet_jax.models import ARCHS, create_model, depthwise, layers, specs, summary
 
-B_VARIANTS = [f"b{i}" for i in range(8)]
-LITE_VARIANTS = [f"lite{i}" for i in range(5)]
+B_ARCHS = [f"b{i}" for i in range(8)]
+LITE_ARCHS = [f"lite{i}" for i in range(5)]
 
 # Published parameter counts (millions, 1000 classes) of timm's tf_efficientnet_* models.
 PUBLISHED_PARAMS_M = {
@@ -41,7 +41,7 @@ def _images(n=2, size=32, channels=3, seed=0):
 forward = nnx.jit(lambda model, x: model(x))
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("name", list(ARCHS))
 def test_every_variant_runs_in_both_modes(name):
   model = create_model(name, num_classes=7, depthwise="conv")
   x = _images()
@@ -64,21 +64,22 @@ def test_every_variant_runs_in_both_modes(name):
   assert len(var_changed) > 10 and all(var_changed)
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("name", list(ARCHS))
 def test_parameter_counts_match_published(name):
   assert round(summary.count_params(create_model(name)) / 1e6, 2) == PUBLISHED_PARAMS_M[name]
 
 
-@pytest.mark.parametrize("name", B_VARIANTS)
+@pytest.mark.parametrize("name", B_ARCHS)
 def test_scaling_rules(name):
-  variant = VARIANTS[name]
+  spec = ARCHS[name]
   model = create_model(name, num_classes=10)
   blocks = model.block_specs
   # Repeats follow ceil(depth * r), channels round_filters(c * width), stride only on block 0.
-  for i, stage in enumerate(specs.B0_STAGES):
+  for i, stage in enumerate(specs.EFFICIENTNET.stages):
     stage_blocks = [b for b in blocks if b.stage == i]
-    assert len(stage_blocks) == math.ceil(variant.depth * stage.repeats)
-    out = _reference_round_filters(stage.out_channels, variant.width)
+    assert len(stage_blocks) == math.ceil(spec.depth * stage.repeats)
+    assert all(b.block == stage.block == "mbconv" for b in stage_blocks)
+    out = _reference_round_filters(stage.out_channels, spec.width)
     for b in stage_blocks:
       block = getattr(model, b.name)
       assert block.project_conv.kernel.shape[-1] == out
@@ -87,8 +88,8 @@ def test_scaling_rules(name):
       # SE squeezes to a quarter of the block's *input* channels.
       assert block.se.reduce.kernel.shape == (b.in_channels * stage.expand_ratio,
                                               max(1, int(b.in_channels * 0.25)))
-  assert model.stem.conv.kernel.shape[-1] == _reference_round_filters(32, variant.width)
-  assert model.head.conv.kernel.shape[-1] == _reference_round_filters(1280, variant.width)
+  assert model.stem.conv.kernel.shape[-1] == _reference_round_filters(32, spec.width)
+  assert model.head.conv.kernel.shape[-1] == _reference_round_filters(1280, spec.width)
   if name in PUBLISHED_CHANNELS:
     stem, stages, head = PUBLISHED_CHANNELS[name]
     assert model.stem.conv.kernel.shape[-1] == stem
@@ -119,7 +120,7 @@ def test_drop_path_drops_whole_examples_in_training_only():
   np.testing.assert_array_equal(drop(x), x)
 
 
-@pytest.mark.parametrize("name", LITE_VARIANTS)
+@pytest.mark.parametrize("name", LITE_ARCHS)
 def test_lite_has_relu6_no_se_and_fixed_stem_head(name):
   model = create_model(name, num_classes=10)
   assert all(block.se is None for block in model.blocks)
@@ -154,7 +155,7 @@ def test_padding_modes_differ_only_for_stride_two(impl):
   for stride, should_match in ((1, True), (2, False)):
     outs = []
     for padding in ("same", "symmetric"):
-      conv = layers.DepthwiseConv(8, 3, stride, padding=padding, impl=impl, dtype=jnp.float32,
+      conv = depthwise.DepthwiseConv(8, 3, stride, padding=padding, impl=impl, dtype=jnp.float32,
                                   init=np.random.default_rng(0))
       outs.append(np.asarray(conv(x)))
     assert outs[0].shape == outs[1].shape
@@ -205,10 +206,10 @@ def test_depthwise_impls_match_xla_conv_and_gradients(impl, kernel, stride, padd
   w = jax.random.normal(jax.random.key(2), (kernel, kernel, 1, channels))
 
   def loss(w, x, impl):
-    return jnp.sum(jnp.sin(layers.depthwise_conv(x, w, stride, padding, impl)))
+    return jnp.sum(jnp.sin(depthwise.depthwise_conv(x, w, stride, padding, impl)))
 
-  np.testing.assert_allclose(layers.depthwise_conv(x, w, stride, padding, impl),
-                             layers.depthwise_conv(x, w, stride, padding, "conv"),
+  np.testing.assert_allclose(depthwise.depthwise_conv(x, w, stride, padding, impl),
+                             depthwise.depthwise_conv(x, w, stride, padding, "conv"),
                              rtol=1e-5, atol=1e-5)
   g_ref = jax.grad(loss, argnums=(0, 1))(w, x, "conv")
   g_new = jax.grad(loss, argnums=(0, 1))(w, x, impl)
@@ -220,8 +221,8 @@ def test_depthwise_impls_match_xla_conv_and_gradients(impl, kernel, stride, padd
 def test_depthwise_in_bfloat16_accumulates_in_float32(impl):
   x = _images(n=2, size=16, channels=8, seed=3)
   w = jax.random.normal(jax.random.key(4), (5, 5, 1, 8)) * 0.2
-  reference = layers.depthwise_conv(x, w, 1, "same", "conv")
-  out = layers.depthwise_conv(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), 1, "same", impl)
+  reference = depthwise.depthwise_conv(x, w, 1, "same", "conv")
+  out = depthwise.depthwise_conv(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), 1, "same", impl)
   assert out.dtype == jnp.bfloat16
   # Inputs rounded to bf16 (rel 2^-9) and one final rounding; a bf16 running sum of 25 taps
   # would add up to 25 roundings.
@@ -234,7 +235,7 @@ def test_shifted_depthwise_backward_holds_one_window_at_a_time(stride):
   x = jnp.ones((8, 32, 32, 64))
   w = jnp.ones((5, 5, 1, 64))
   grad = jax.jit(jax.grad(
-      lambda w, x: jnp.sum(jnp.sin(layers.depthwise_conv(x, w, stride, "same", "shifted"))),
+      lambda w, x: jnp.sum(jnp.sin(depthwise.depthwise_conv(x, w, stride, "same", "shifted"))),
       argnums=(0, 1)))
   temp = grad.lower(w, x).compile().memory_analysis().temp_size_in_bytes
   assert temp < 6 * x.nbytes, f"backward temporaries {temp / x.nbytes:.1f}x the input"
@@ -258,7 +259,7 @@ def test_gated_dense_matches_gating_the_input(size):
   def loss(fn):
     return lambda dense, x, gate: jnp.sum(jnp.sin(fn(dense, x, gate)))
 
-  gated = lambda dense, x, gate: dense.gated(x, gate)
+  gated = lambda dense, x, gate: dense.gated(x, gate, fold=True)
   plain = lambda dense, x, gate: dense(x * gate)
   np.testing.assert_allclose(gated(dense, x, gate), plain(dense, x, gate), rtol=1e-5, atol=1e-6)
   got = nnx.grad(loss(gated), argnums=(0, 1, 2))(dense, x, gate)
@@ -308,18 +309,23 @@ def test_bfloat16_training_saves_no_float32_activations(capsys):
   assert not float32_maps, float32_maps
 
 
-def test_auto_depthwise_is_native_on_cpu_and_bad_names_fail():
-  assert layers.resolve_depthwise("auto") == "native"
+def test_auto_depthwise_per_backend_and_bad_names_fail():
+  assert depthwise.resolve("auto", "cpu", 1) == "native"
+  assert depthwise.resolve("auto", "cpu", 8) == "shifted"  # XLA cannot shard the custom call.
+  assert depthwise.resolve("auto", "gpu", 1) == "conv"
+  assert create_model("b0").opts.depthwise == "native"  # The backend, read once by the model.
   with pytest.raises(ValueError, match="model.depthwise"):
-    layers.resolve_depthwise("fast")
+    depthwise.resolve("fast", "cpu", 1)
+  with pytest.raises(ValueError, match="CPU kernel"):
+    depthwise.resolve("native", "gpu", 1)
 
 
 def test_auto_depthwise_falls_back_to_shifted_without_the_native_kernel(monkeypatch, caplog):
-  monkeypatch.setattr(layers.native, "unavailable_reason", lambda: "no C++ compiler")
-  assert layers.resolve_depthwise("auto") == "shifted"
+  monkeypatch.setattr(depthwise.native, "unavailable_reason", lambda: "no C++ compiler")
+  assert depthwise.resolve("auto", "cpu", 1) == "shifted"
   assert "no C++ compiler" in caplog.text
-  with pytest.raises(layers.native.NativeBuildError, match="no C\\+\\+ compiler"):
-    layers.resolve_depthwise("native")
+  with pytest.raises(depthwise.native.NativeBuildError, match="no C\\+\\+ compiler"):
+    depthwise.resolve("native", "cpu", 1)
 
 
 def test_frozen_batchnorm_keeps_statistics_in_training_mode():
@@ -363,7 +369,7 @@ def test_bfloat16_is_finite_and_close_to_float32(name):
 
 
 def test_bad_options_name_the_config_field():
-  with pytest.raises(ValueError, match="model.name"):
+  with pytest.raises(ValueError, match="model.arch"):
     create_model("b9")
   with pytest.raises(ValueError, match="model.dtype"):
     create_model("b0", dtype="float16")

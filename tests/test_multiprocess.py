@@ -88,7 +88,7 @@ def _restore(workdir: str, **overrides):
   config = train.resolve_config(demo_config(**overrides))
   with checkpoint.Checkpoints(workdir, config.checkpoint) as ckpts:
     trainer = train.Trainer(config, workdir, ckpts)
-    return trainer.step, jax.device_get(trainer.state.params)
+    return trainer.step, jax.device_get(trainer.state.variables.params)
 
 
 def test_two_processes_train_like_one_process_with_as_many_devices(runs):

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from efficientnet_jax import native
-from efficientnet_jax.models import layers
+from efficientnet_jax.models import depthwise, layers
 from efficientnet_jax.native import build
 
 
@@ -58,7 +58,7 @@ def test_kernel_gradient_is_bitwise_reproducible():
   """Per-chunk partial sums are added in a fixed order, whatever thread ran which chunk."""
   x, w = _inputs(n=8, size=32)
   grad = jax.jit(jax.grad(
-      lambda w, x: jnp.sum(jnp.sin(layers.depthwise_conv(x, w, 2, "same", "native")))))
+      lambda w, x: jnp.sum(jnp.sin(depthwise.depthwise_conv(x, w, 2, "same", "native")))))
   first = np.asarray(grad(w, x))
   for _ in range(3):
     np.testing.assert_array_equal(np.asarray(grad(w, x)), first)
@@ -69,7 +69,7 @@ def test_bfloat16_gradients_keep_the_dtypes_and_match_float32():
 
   def grads(x, w):
     return jax.grad(lambda x, w: jnp.sum(
-        layers.depthwise_conv(x, w, 1, "same", "native").astype(jnp.float32) ** 2),
+        depthwise.depthwise_conv(x, w, 1, "same", "native").astype(jnp.float32) ** 2),
         argnums=(0, 1))(x, w)
 
   dx16, dw16 = grads(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
@@ -83,23 +83,23 @@ def test_bfloat16_gradients_keep_the_dtypes_and_match_float32():
 def test_vmap_over_an_extra_batch_axis_matches_a_loop():
   x, w = _inputs(n=2)
   xs = jnp.stack([x, 2 * x])
-  out = jax.vmap(lambda x: layers.depthwise_conv(x, w, 2, "same", "native"))(xs)
+  out = jax.vmap(lambda x: depthwise.depthwise_conv(x, w, 2, "same", "native"))(xs)
   for i in range(2):
-    np.testing.assert_allclose(out[i], layers.depthwise_conv(xs[i], w, 2, "same", "conv"),
+    np.testing.assert_allclose(out[i], depthwise.depthwise_conv(xs[i], w, 2, "same", "conv"),
                                rtol=1e-5, atol=1e-5)
 
 
 def test_unsupported_dtype_is_a_clear_error():
   x, w = _inputs(dtype=jnp.float16)
   with pytest.raises(Exception, match="float32 and bfloat16 only"):
-    jax.block_until_ready(layers.depthwise_conv(x, w, 1, "same", "native"))
+    jax.block_until_ready(depthwise.depthwise_conv(x, w, 1, "same", "native"))
 
 
 def test_kernels_over_16_name_the_other_implementations():
   x = jnp.zeros((1, 20, 20, 4))
   w = jnp.zeros((17, 17, 1, 4))
   with pytest.raises(Exception, match="kernel size over 16; use model.depthwise='shifted'"):
-    jax.block_until_ready(layers.depthwise_conv(x, w, 1, "same", "native"))
+    jax.block_until_ready(depthwise.depthwise_conv(x, w, 1, "same", "native"))
 
 
 def _running_batch_norm(channels: int, rng: np.random.Generator) -> layers.BatchNorm:
@@ -125,12 +125,13 @@ def test_inference_batchnorm_and_activation_fused_into_the_kernel(activation, st
 
   def layer(impl):
     rng = np.random.default_rng(1)
-    conv = layers.DepthwiseConv(24, kernel, stride, padding="same", impl=impl,
+    conv = depthwise.DepthwiseConv(24, kernel, stride, padding="same", impl=impl,
                                 dtype=jnp.float32, init=rng)
     return conv, _running_batch_norm(24, rng), _running_batch_norm(24, rng)
 
   def forward(conv, bn, in_bn, x):
-    return layers.depthwise_bn_act(conv, bn, activation, x, input_bn=in_bn if input_bn else None)
+    return conv.with_batch_norms(x, before=in_bn if input_bn else None, after=bn,
+                                 activation=activation)
 
   def loss(conv, bn, in_bn, x):
     return jnp.sum(jnp.sin(forward(conv, bn, in_bn, x)))
@@ -159,10 +160,10 @@ def test_input_transform_ring_reuses_rows(kernel, stride, padding, dtype):
   outs = []
   for impl in ("conv", "native"):
     rng = np.random.default_rng(1)
-    conv = layers.DepthwiseConv(20, kernel, stride, padding=padding, impl=impl, dtype=dtype,
+    conv = depthwise.DepthwiseConv(20, kernel, stride, padding=padding, impl=impl, dtype=dtype,
                                 init=rng)
     bn, in_bn = _running_batch_norm(20, rng), _running_batch_norm(20, rng)
-    outs.append(np.asarray(layers.depthwise_bn_act(conv, bn, "swish", x, input_bn=in_bn),
+    outs.append(np.asarray(conv.with_batch_norms(x, before=in_bn, after=bn, activation="swish"),
                            np.float32))
   tolerance = 1e-5 if dtype == jnp.float32 else 5e-2  # bfloat16: a step is 2^-8 relative.
   np.testing.assert_allclose(outs[1], outs[0], rtol=tolerance, atol=tolerance)
@@ -171,12 +172,12 @@ def test_input_transform_ring_reuses_rows(kernel, stride, padding, dtype):
 SHARDED = r"""
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from efficientnet_jax.models import layers
-assert layers.resolve_depthwise("auto") == "shifted"
+from efficientnet_jax.models import create_model, depthwise
+assert create_model("b0").opts.depthwise == "shifted"  # 'auto' on several CPU devices.
 mesh = Mesh(np.asarray(jax.devices()), ("data",))
 x = jax.random.normal(jax.random.key(0), (4, 9, 9, 16))
 w = jax.random.normal(jax.random.key(1), (3, 3, 1, 16))
-loss = lambda impl: lambda w, x: jnp.sum(jnp.sin(layers.depthwise_conv(x, w, 2, "same", impl)))
+loss = lambda impl: lambda w, x: jnp.sum(jnp.sin(depthwise.depthwise_conv(x, w, 2, "same", impl)))
 xs = jax.device_put(x, NamedSharding(mesh, P("data")))
 ws = jax.device_put(w, NamedSharding(mesh, P()))
 got = jax.jit(jax.grad(loss("native"), argnums=(0, 1)))(ws, xs)

@@ -10,12 +10,11 @@ import optax
 import pytest
 
 from efficientnet_jax import optim
+from efficientnet_jax.config import get_config
 
 
 def _optim_config(**overrides) -> ml_collections.ConfigDict:
-  import configs.default  # pylint: disable=g-import-not-at-top
-
-  cfg = configs.default.get_config().optim
+  cfg = get_config().optim
   cfg.update(overrides)
   return cfg
 

@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _trial(runs_dir, name, lr, dropout, val=None, test=None, epochs=3, stopped_early=False):
   folder = runs_dir / name
   folder.mkdir()
-  config = {"seed": 0, "model": {"name": "b0", "dropout_rate": dropout},
+  config = {"seed": 0, "model": {"arch": "b0", "dropout_rate": dropout},
             "optim": {"lr": lr, "plateau": {"factor": 0.1}}, "data": {"mean": [0.5, 0.4, 0.3]}}
   (folder / "config.json").write_text(json.dumps(config))
   if val is not None:

@@ -28,7 +28,7 @@ def test_flops_grow_with_resolution():
 
 
 def test_unknown_variant_flag_is_a_usage_error():
-  summary.flags.FLAGS(["summary", "--variants=b0,b9"])
+  summary.flags.FLAGS(["summary", "--archs=b0,b9"])
   try:
     with pytest.raises(app.UsageError, match="b9"):
       summary.main([])

@@ -26,18 +26,22 @@ def load_config(path: str, *overrides: str):
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_loads_and_is_consistent(path):
   config = load_config(path)
-  assert config.model.name in specs.VARIANTS
+  assert config.model.arch in specs.ARCHS
   assert config.model.in_channels == config.data.channels
   assert config.train.batch_size > 0 and config.eval.batch_size > 0
   assert 0 < config.optim.plateau.factor < 1
 
 
-def test_variant_configs_use_native_resolution_and_matching_weights():
+def test_cars_config_uses_each_architectures_resolution_and_weights():
   for i in range(8):
-    config = load_config(os.path.join(ROOT, "configs", f"b{i}_cars.py"))
-    assert config.model.name == f"b{i}"
-    assert config.data.image_size == specs.VARIANTS[f"b{i}"].resolution
-    assert config.model.pretrained == f"efficientnet-b{i}"
+    config = load_config(os.path.join(ROOT, "configs", "cars.py") + f":b{i}")
+    assert config.model.arch == f"b{i}"
+    assert config.data.image_size == specs.ARCHS[f"b{i}"].resolution
+    assert config.pretrained == f"efficientnet-b{i}"
+  assert load_config(os.path.join(ROOT, "configs", "b0_cars.py")) == load_config(
+      os.path.join(ROOT, "configs", "cars.py"))
+  with pytest.raises(Exception, match="cars.py:b9"):
+    load_config(os.path.join(ROOT, "configs", "cars.py") + ":b9")
 
 
 def test_b0_cars_is_the_study_recipe():
@@ -47,7 +51,7 @@ def test_b0_cars_is_the_study_recipe():
   assert (c.optim.early_stopping.patience, c.optim.early_stopping.min_delta) == (10, 1e-3)
   assert c.train.num_epochs == 150 and c.model.dropout_rate == 0.0
   gray = load_config(os.path.join(ROOT, "configs", "b0_cars_scratch_gray.py"))
-  assert gray.model.pretrained == "" and gray.model.in_channels == gray.data.channels == 1
+  assert gray.pretrained == "" and gray.model.in_channels == gray.data.channels == 1
   assert gray.optim.weight_decay == 0.1 and gray.optim.plateau.patience == 7
 
 

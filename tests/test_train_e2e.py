@@ -3,14 +3,18 @@ outputs, resumption, SIGTERM, configuration errors."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
-from efficientnet_jax import checkpoint, parallel, train
+from flax import nnx
+
+from efficientnet_jax import checkpoint, data, parallel, run_model, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo.py")
@@ -45,9 +49,15 @@ def _flag_args(overrides) -> list[str]:
   return [f"--config.{k}={v}" for k, v in {**FAST, **overrides}.items()]
 
 
-def test_demo_run_writes_checkpoints_events_and_results(demo_data, tmp_path):
-  workdir = str(tmp_path / "run")
-  results = train.train_and_evaluate(demo_config(**{"train.num_epochs": 3}), workdir)
+@pytest.fixture(scope="module")
+def demo_run(demo_data, tmp_path_factory):
+  """(workdir, results) of a finished 3-epoch demo run."""
+  workdir = str(tmp_path_factory.mktemp("demo_run") / "run")
+  return workdir, train.train_and_evaluate(demo_config(**{"train.num_epochs": 3}), workdir)
+
+
+def test_demo_run_writes_checkpoints_events_and_results(demo_run):
+  workdir, results = demo_run
 
   saved = json.load(open(os.path.join(workdir, "results.json")))
   assert saved == json.loads(json.dumps(results))
@@ -81,6 +91,28 @@ def test_demo_run_writes_checkpoints_events_and_results(demo_data, tmp_path):
   assert top1 == [saved["steps"]]
 
 
+def test_load_trained_reproduces_the_test_top1_of_results_json(demo_run):
+  workdir, results = demo_run
+  config = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, "config.json"))))
+  forward = nnx.jit(lambda model, x: model(x))
+  for ema, key in ((False, "test"), (True, "test_ema")):
+    trained = run_model.load_trained(workdir, ema=ema)
+    assert trained.checkpoint == "best" and trained.step == results["best_checkpoint"]["step"]
+    assert len(trained.class_names) == 4 and trained.convention.image_size == 32
+    hits = count = 0
+    for batch in data.eval_iterator(config.data, "test", global_batch_size=16):
+      logits = np.asarray(forward(trained.model, trained.normalize(batch["image"])))
+      hits += int(np.sum((logits.argmax(-1) == batch["label"]) & batch["mask"]))
+      count += int(batch["mask"].sum())
+    assert count == 40 and hits / count == results[key]["top1"], (ema, hits)
+  latest = run_model.load_trained(workdir, "latest")
+  assert latest.checkpoint == "latest" and latest.step == results["steps"]
+  with pytest.raises(FileNotFoundError, match="no checkpoint at step 12345"):
+    run_model.load_trained(workdir, 12345)
+  with pytest.raises(FileNotFoundError, match="not a training workdir"):
+    run_model.load_trained(os.path.dirname(workdir))
+
+
 def _record_train_batches(monkeypatch) -> list[str]:
   """Fingerprints of every training batch that reaches the device."""
   seen = []
@@ -99,7 +131,7 @@ def _params(workdir):
   config = demo_config()
   with checkpoint.Checkpoints(workdir, config.checkpoint) as ckpts:
     trainer = train.Trainer(train.resolve_config(config), workdir, ckpts)
-    return trainer.step, jax.device_get(trainer.state.params), trainer.host
+    return trainer.step, jax.device_get(trainer.state.variables.params), trainer.host
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(demo_data, tmp_path, monkeypatch):
@@ -114,6 +146,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(demo_data, tmp_p
   assert train.train_and_evaluate(demo_config(**common, **{"train.stop_at_step": 4}),
                                   resumed_dir) is None
   assert len(seen) == 4
+  legacy_dir = str(tmp_path / "legacy")
+  shutil.copytree(resumed_dir, legacy_dir)
+  _rewrite_in_the_layout_before_variables(legacy_dir, demo_config(**common))
   train.train_and_evaluate(demo_config(**common), resumed_dir)
   resumed = list(seen)
 
@@ -124,6 +159,27 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(demo_data, tmp_p
   assert host_a.plateau == host_b.plateau
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+  # A checkpoint written before the weights were grouped into Variables resumes the same way.
+  train.train_and_evaluate(demo_config(**common), legacy_dir)
+  step_c, params_c, _ = _params(legacy_dir)
+  assert step_c == 12
+  for a, c in zip(jax.tree.leaves(params_b), jax.tree.leaves(params_c)):
+    np.testing.assert_array_equal(a, c)
+
+
+def _rewrite_in_the_layout_before_variables(workdir, config):
+  """Rewrites the latest checkpoint of `workdir` with the weights as top-level state fields
+  (params, batch_stats, ema), as versions before steps.Variables saved it."""
+  config = train.resolve_config(config)
+  with checkpoint.Checkpoints(workdir, config.checkpoint) as ckpts:
+    trainer = train.Trainer(config, workdir, ckpts)
+    step = trainer.step
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "latest", str(step)))
+  with checkpoint.Checkpoints(workdir, config.checkpoint) as ckpts:
+    ckpts.save_latest(step, trainer.state.legacy(), trainer.host.to_json(), trainer.train_iter)
+  with checkpoint.Checkpoints(workdir, config.checkpoint) as ckpts:
+    assert checkpoint.VARIABLES not in ckpts._saved_state_keys(step)  # pylint: disable=protected-access
 
 
 def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(demo_data, tmp_path):
@@ -168,8 +224,8 @@ def test_channel_mismatch_names_both_fields(demo_data, tmp_path):
 
 
 def test_missing_pretrained_weights_name_the_field(demo_data, tmp_path):
-  with pytest.raises(FileNotFoundError, match="model.pretrained"):
-    train.train_and_evaluate(demo_config(**{"model.pretrained": str(tmp_path / "nope.pth")}),
+  with pytest.raises(FileNotFoundError, match="config field pretrained"):
+    train.train_and_evaluate(demo_config(**{"pretrained": str(tmp_path / "nope.pth")}),
                              str(tmp_path))
 
 
@@ -187,8 +243,8 @@ def test_pretrained_weights_of_another_architecture_are_rejected(demo_data, tmp_
   weights.save_weights(weights.PortedWeights(
       arch="b0", padding="same", bn_epsilon=1e-3, convention=convention,
       class_names=tuple(str(i) for i in range(10)), tensors=tensors, origin={}), spec)
-  with pytest.raises(ValueError, match="model.name='b0'"):
-    train.train_and_evaluate(demo_config(**{"model.name": "b1", "model.pretrained": spec}),
+  with pytest.raises(ValueError, match="model.arch='b0'"):
+    train.train_and_evaluate(demo_config(**{"model.arch": "b1", "pretrained": spec}),
                              str(tmp_path / "run"))
 
 
@@ -207,12 +263,20 @@ def test_pretrained_weights_load_with_their_input_convention(tmp_path):
   weights.save_weights(weights.PortedWeights(
       arch="b0", padding="same", bn_epsilon=1e-3, convention=convention,
       class_names=tuple(str(i) for i in range(10)), tensors=tensors, origin={}), spec)
-  import configs.default  # pylint: disable=g-import-not-at-top
+  from efficientnet_jax import run_model  # pylint: disable=g-import-not-at-top
+  from efficientnet_jax.config import get_config  # pylint: disable=g-import-not-at-top
 
-  config = configs.default.get_config()
-  config.model.update(num_classes=4, pretrained=spec, depthwise="conv")
-  model = train.create_model_from_config(config)
+  config = get_config()
+  config.model.update(num_classes=4, depthwise="conv")
+  config.pretrained = spec
+  before = config.to_json()
+  model, convention = run_model.build(config)
+  assert config.to_json() == before  # The convention is returned, not written into the config.
   np.testing.assert_array_equal(model.stem.conv.kernel.value, source.stem.conv.kernel.value)
   assert model.classifier.kernel.value.shape == (1280, 4)  # A fresh head for 4 classes.
-  assert config.data.mean == (0.5, 0.4, 0.3) and config.data.crop_pct == 0.875
-  assert config.data.interpolation == "bicubic"
+  assert convention.mean == (0.5, 0.4, 0.3) and convention.crop_pct == 0.875
+  assert convention.interpolation == "bicubic" and convention.image_size == config.data.image_size
+  resolved = run_model.with_input(config, convention)
+  assert resolved.data.mean == (0.5, 0.4, 0.3) and resolved.data.interpolation == "bicubic"
+  config.train.input_convention = "config"  # The config's own normalization instead.
+  assert run_model.build(config)[1].mean == tuple(config.data.mean)

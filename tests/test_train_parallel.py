@@ -1,4 +1,5 @@
-"""Data parallelism: 1 device vs 8 forced CPU devices give the same training.
+"""Data parallelism: the steps training builds (steps.build), on 1 device and on 8 forced CPU
+devices, give the same training.
 
 Runs in a subprocess, because the device count is fixed when JAX starts.
 """
@@ -28,11 +29,11 @@ for name, mesh in (("one", Mesh(np.asarray(jax.devices()[:1]), ("data",))),
                    ("eight", parallel.create_mesh())):
   # Adam's eps damps its sign-like first steps, which would amplify rounding differences
   # of near-zero gradients (sums in another order) into +-lr updates.
-  h = Harness(tiny_model(), _optim_config(lr=1e-3, eps=1e-3, weight_decay=0.0), mesh)
+  h = Harness(tiny_model(head_init="zeros"), _optim_config(lr=1e-3, eps=1e-3, weight_decay=0.0), mesh)
   losses = [float(h.train(data)["loss"]) for _ in range(3)]
-  leaves = jax.tree.leaves(jax.device_get((h.state.params, h.state.batch_stats)))
+  leaves = jax.tree.leaves(jax.device_get(h.state.variables.weights()))
   np.savez(sys.argv[3] + f"/{name}.npz", *leaves)
-  sharding = h.state.params["classifier"]["kernel"].value.sharding
+  sharding = h.state.variables.params["classifier"]["kernel"].value.sharding
   out[name] = {"losses": losses, "replicated": sharding.is_fully_replicated,
                "devices": len(sharding.device_set)}
 try:

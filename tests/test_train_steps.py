@@ -1,12 +1,12 @@
-"""steps.py on a tiny EfficientNet-B0 (32 px, 4 classes): overfitting, freezing, EMA, masks, bf16."""
+"""steps.build on a tiny EfficientNet-B0 (32 px, 4 classes): overfitting, freezing, EMA, masks, bf16."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from efficientnet_jax import optim, parallel, steps
+from efficientnet_jax.config import get_config
 from efficientnet_jax.data.synthetic import synthetic_image
 from efficientnet_jax.models import create_model
 
@@ -16,9 +16,7 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
 def _optim_config(**overrides):
-  import configs.default  # pylint: disable=g-import-not-at-top
-
-  cfg = configs.default.get_config().optim
+  cfg = get_config().optim
   cfg.update(overrides)
   return cfg
 
@@ -41,34 +39,25 @@ def tiny_data(n_per_class: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 class Harness:
-  """A model's jitted train/eval steps on a mesh over the available devices."""
+  """A model's compiled steps (steps.build, as training builds them) on a mesh."""
 
   def __init__(self, model, optim_cfg, mesh=None):
     self.mesh = mesh or parallel.create_mesh()
-    tx = optim.create_optimizer(optim_cfg, steps.split_model(model)[1])
-    self.graphdef, state = steps.create_train_state(model, tx, optim_cfg.ema_decay)
-    self.state = parallel.replicate(state, self.mesh)
-    schedule = optim.learning_rate_schedule(optim_cfg, steps_per_epoch=10, num_epochs=10)
-    repl = parallel.replicated(self.mesh)
-    self.train_step = jax.jit(
-        steps.make_train_step(self.graphdef, tx, schedule, label_smoothing=optim_cfg.label_smoothing,
-                              mean=MEAN, std=STD, ema_decay=optim_cfg.ema_decay),
-        donate_argnums=0, out_shardings=(repl, repl))
-    self.eval_step = jax.jit(steps.make_eval_step(self.graphdef, label_smoothing=0.0, mean=MEAN, std=STD),
-                             out_shardings=repl)
+    self.steps, self.state = steps.build(model, optim_cfg, self.mesh, mean=MEAN, std=STD,
+                                         steps_per_epoch=10, num_epochs=10)
 
   def train(self, batch, n: int = 1):
     """n steps on `batch`; their metrics merged."""
     batch = parallel.global_batch(batch, self.mesh)
     total = None
     for _ in range(n):
-      self.state, m = self.train_step(self.state, batch)
+      self.state, m = self.steps.train(self.state, batch)
       total = m if total is None else total.merge(m)
     return total.compute()
 
   def evaluate(self, batch, use_ema=False):
     batch = parallel.global_batch(batch, self.mesh)
-    return self.eval_step(*steps.variables_of(self.state, use_ema), batch).compute()
+    return self.steps.evaluate(self.state.variables.weights(use_ema), batch).compute()
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +105,10 @@ def test_eval_ignores_padded_examples(harness, data):
   padded["label"][n_valid:] = 0
   result = harness.evaluate(padded)
   # Reference: the same model, eagerly, on the valid examples only.
-  model = nnx.merge(harness.graphdef, *steps.variables_of(harness.state))
-  model.eval()
+  model = harness.steps.model(harness.state.variables.weights())
   logits = model(steps.normalize(data["image"][:n_valid], MEAN, STD))
   labels = data["label"][:n_valid]
-  expected_loss = optim.cross_entropy_loss(logits, labels, 0.0).mean()
+  expected_loss = optim.cross_entropy_loss(logits, labels, 0.1).mean()
   expected_top1 = np.mean(np.argmax(logits, -1) == labels)
   assert float(result["loss"]) == pytest.approx(float(expected_loss), rel=1e-4)
   assert float(result["top1"]) == pytest.approx(expected_top1)
@@ -135,8 +123,8 @@ def test_freeze_backbone_trains_only_the_classifier_and_ema_averages(data):
   h.train(data)
   after = jax.device_get(h.state)
   changed = []
-  for (path, b), a in zip(jax.tree_util.tree_flatten_with_path(before.params)[0],
-                          jax.tree.leaves(after.params)):
+  for (path, b), a in zip(jax.tree_util.tree_flatten_with_path(before.variables.params)[0],
+                          jax.tree.leaves(after.variables.params)):
     if path[0].key == "classifier":
       changed.append(not np.array_equal(a, b))
     else:
@@ -144,9 +132,9 @@ def test_freeze_backbone_trains_only_the_classifier_and_ema_averages(data):
   assert changed and all(changed)
   # BN statistics still move (model.freeze_bn controls them), and EMA = (init + new) / 2.
   assert any(not np.array_equal(a, b) for a, b in
-             zip(jax.tree.leaves(after.batch_stats), jax.tree.leaves(before.batch_stats)))
-  for e, b, a in zip(jax.tree.leaves(after.ema.params), jax.tree.leaves(before.params),
-                     jax.tree.leaves(after.params)):
+             zip(jax.tree.leaves(after.variables.batch_stats), jax.tree.leaves(before.variables.batch_stats)))
+  for e, b, a in zip(jax.tree.leaves(after.variables.ema.params), jax.tree.leaves(before.variables.params),
+                     jax.tree.leaves(after.variables.params)):
     np.testing.assert_allclose(e, 0.5 * b + 0.5 * a, rtol=1e-6, atol=1e-7)
   assert set(h.evaluate(_with_mask(data), use_ema=True)) == {"loss", "top1", "top5", "confusion"}
 
@@ -155,5 +143,5 @@ def test_bfloat16_compute_keeps_float32_params_and_statistics(data):
   h = Harness(tiny_model(dtype="bfloat16"), _optim_config())
   result = h.train(data)
   assert np.isfinite(float(result["loss"]))
-  dtypes = {x.dtype for x in jax.tree.leaves((h.state.params, h.state.batch_stats))}
+  dtypes = {x.dtype for x in jax.tree.leaves(h.state.variables.weights())}
   assert dtypes == {jnp.dtype(jnp.float32)}

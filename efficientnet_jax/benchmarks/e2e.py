@@ -1,7 +1,7 @@
 """End-to-end benchmark: the train step fed by the real Grain pipeline vs an on-device batch.
 
   python -m efficientnet_jax.benchmark e2e [--arch=b0] [--batch=64] [--res=224]
-      [--data_dir=DIR] [--workers=N] [--steps=10] [--repeats=3] [--dtype=bfloat16]
+      [--dir=DIR] [--workers=N] [--steps=10] [--repeats=3] [--dtype=bfloat16]
 
 Both feeds use the same compiled step (benchmarks.step.JaxSteps). "synthetic" feeds one
 fixed batch already on the device; "pipeline" feeds batches from data.train_iterator
@@ -11,7 +11,7 @@ medians are compared. One pipeline serves every round; its workers stop once the
 batches are ready, so they idle through synthetic rounds (their CPU use in both kinds of
 round is reported, on Linux). A ratio pipeline/synthetic below ~0.95 means the step waits
 for input or, on a CPU-only host, shares its cores with the workers.
-Without --data_dir it writes ~700x480 JPEGs (as `input`).
+Without --dir it writes ~700x480 JPEGs (as `input`).
 """
 
 from __future__ import annotations
@@ -80,13 +80,13 @@ def _spread(rates: list[float]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  import jax
 
+  from efficientnet_jax import parallel
   from efficientnet_jax.data import pipeline, preparation
-  from efficientnet_jax.models import get_variant
+  from efficientnet_jax.models import get_arch
 
   args = _parser().parse_args(argv)
-  args.res = args.res or get_variant(args.arch).resolution
+  args.res = args.res or get_arch(args.arch).resolution
   args.image_size = args.res  # The names input_benchmark.data_config reads.
   with tempfile.TemporaryDirectory() as workdir:
     config = input_benchmark.data_config(args, workdir)
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     it = pipeline.train_iterator(config, global_batch_size=args.batch, seed=0, process_index=0,
                                  process_count=1)
     feeds = {"synthetic": bench.train,
-             "pipeline": lambda: bench.train(jax.device_put(next(it)))}
+             "pipeline": lambda: bench.train(parallel.global_batch(next(it), bench.mesh))}
     rates, cores = {name: [] for name in feeds}, {name: [] for name in feeds}
     try:
       for _ in range(args.repeats):

@@ -1,8 +1,8 @@
 """Input benchmark: decode + augmentation images/s, per core and through the Grain pipeline.
 
-  python -m efficientnet_jax.benchmark input [--data_dir=DIR] [--workers=N] [--image_size=224]
+  python -m efficientnet_jax.benchmark input [--dir=DIR] [--workers=N] [--image_size=224]
 
-Without --data_dir it writes synthetic ~700x480 JPEGs (the typical Stanford Cars size, at a
+Without --dir it writes synthetic ~700x480 JPEGs (the typical Stanford Cars size, at a
 similar bits per pixel) and prepares them in a temporary folder. It reports:
   1. one core, records already in memory: train and eval transforms, with the share of
      time per stage of the train transform (decode, warp, colour, array);
@@ -15,19 +15,16 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import importlib.util
 import json
 import os
-import pathlib
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from efficientnet_jax.data import pipeline, preparation, source, synthetic, transforms as T
-
-_DEFAULT_CONFIG = pathlib.Path(__file__).parents[2] / "configs" / "default.py"
+from efficientnet_jax.config import get_config as default_config
+from efficientnet_jax.data import pipeline, preparation, records, synthetic, transforms as T
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,10 +41,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def add_data_args(p: argparse.ArgumentParser, synthetic_images: int) -> None:
   """The flags data_config reads (besides --image_size)."""
-  p.add_argument("--data_dir", default="", help="Your copy (any layout) or a prepared TFDS "
+  p.add_argument("--dir", default="", help="Your copy (any layout) or a prepared TFDS "
                  "dir; empty: synthetic 700x480 JPEGs.")
   p.add_argument("--tfds_dir", default="", help="Where prepared data is/goes (default: a "
-                 "temporary folder, or --data_dir when it is prepared).")
+                 "temporary folder, or --dir when it is prepared).")
   p.add_argument("--workers", type=int, default=os.cpu_count(), help="Grain worker processes.")
   p.add_argument("--synthetic_images", type=int, default=synthetic_images)
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -55,13 +52,10 @@ def add_data_args(p: argparse.ArgumentParser, synthetic_images: int) -> None:
 
 
 def data_config(args: argparse.Namespace, workdir: str):
-  """config.data for the benchmark: --data_dir, or synthetic 700x480 JPEGs in `workdir`."""
-  spec = importlib.util.spec_from_file_location("_benchmark_default_config", _DEFAULT_CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config().data
-  if args.data_dir:
-    config.dir = args.data_dir
+  """config.data for the benchmark: --dir, or synthetic 700x480 JPEGs in `workdir`."""
+  config = default_config().data
+  if args.dir:
+    config.dir = args.dir
     config.tfds_dir = args.tfds_dir or os.path.join(workdir, "tfds")
   else:
     per_class = max(1, args.synthetic_images // 8)
@@ -159,15 +153,15 @@ def main(argv: Sequence[str] | None = None) -> None:
   with tempfile.TemporaryDirectory() as workdir:
     config = data_config(args, workdir)
     dataset_dir = preparation.ensure_prepared(config)
-    reader = source.PreparedSource(dataset_dir, "train")
-    records = [reader[i] for i in range(min(len(reader), 128))]
-    sizes = np.array([len(r["image"]) for r in records])
+    reader = records.PreparedSource(dataset_dir, "train")
+    samples = [reader[i] for i in range(min(len(reader), 128))]
+    sizes = np.array([len(r["image"]) for r in samples])
     options = T.Options.from_config(config)
     result = {
         "dataset_dir": dataset_dir,
         "mean_jpeg_kb": float(sizes.mean() / 1e3),
         "image_size": args.image_size,
-        "single_core": single_core(records, options, args.images),
+        "single_core": single_core(samples, options, args.images),
         "pipeline": through_pipeline(config, min(args.batch, len(reader)), args.batches),
     }
   core, pipe = result["single_core"], result["pipeline"]

@@ -106,10 +106,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
   import jax
 
-  from efficientnet_jax.models import get_variant
+  from efficientnet_jax.models import get_arch
 
   args = _parser().parse_args(argv)
-  args.res = args.res or get_variant(args.arch).resolution
+  args.res = args.res or get_arch(args.arch).resolution
   bench = JaxSteps(args.arch, args.batch, args.res, args.dtype, args.depthwise, remat=False)
   step = bench.train if args.mode == "train" else bench.evaluate
   compiled = bench.compiled_train if args.mode == "train" else bench.compiled_eval

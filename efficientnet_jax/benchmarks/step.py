@@ -48,47 +48,39 @@ def _host_peak_bytes() -> int:
 class JaxSteps:
   """Our compiled train and eval steps on random data of the benchmark's shapes.
 
-  The train step is steps.make_train_step (AdamW as configs/b0_cars.py) jitted with the
-  state donated; `train(batch)` runs it on `batch` (default: the fixed on-device batch).
+  The steps come from steps.build, as in training, with the default config's optimizer
+  (AdamW lr 1e-3, weight decay 0.01, label smoothing 0.1, constant learning rate), on the
+  first device; `train(batch)` runs the train step on `batch` (default: the fixed on-device
+  batch) with the state donated.
   """
 
   def __init__(self, arch: str, batch: int, res: int, dtype: str, depthwise: str,
                remat: bool, channels: int = 3):
     import jax
-    import jax.numpy as jnp
-    import ml_collections
     import numpy as np
-    import optax
-    from flax import nnx
 
-    from efficientnet_jax import optim, steps
+    from efficientnet_jax import parallel, steps
+    from efficientnet_jax.config import get_config
     from efficientnet_jax.models import create_model
 
     model = create_model(arch, num_classes=1000, in_channels=channels, dtype=dtype,
                          depthwise=depthwise, remat=remat)
     self.name = f"jax depthwise={model.opts.depthwise}" + (" remat" if remat else "")
-    optim_config = ml_collections.ConfigDict(dict(
-        lr=1e-3, weight_decay=0.01, wd_exclude_bn_and_bias=True, b1=0.9, b2=0.999, eps=1e-8,
-        grad_clip_norm=0.0, freeze_backbone=False))
-    tx = optim.create_optimizer(optim_config, nnx.state(model, nnx.Param))
-    graphdef, self.state = steps.create_train_state(model, tx, ema_decay=0.0)
-    mean, std = MEAN[:channels], STD[:channels]
-    train_step = jax.jit(
-        steps.make_train_step(graphdef, tx, optax.constant_schedule(1e-3), label_smoothing=0.1,
-                              mean=mean, std=std, ema_decay=0.0),
-        donate_argnums=0)
-    eval_step = jax.jit(steps.make_eval_step(graphdef, label_smoothing=0.1, mean=mean, std=std))
+    self.mesh = mesh = parallel.create_mesh(jax.devices()[:1])
+    self.steps, self.state = steps.build(model, get_config().optim, mesh, mean=MEAN[:channels],
+                                         std=STD[:channels], steps_per_epoch=1, num_epochs=1)
     rng = np.random.default_rng(0)
-    self.batch = {
-        "image": jnp.asarray(rng.integers(0, 256, (batch, res, res, channels), np.uint8)),
-        "label": jnp.asarray(rng.integers(0, 1000, (batch,), np.int32)),
-        "mask": jnp.ones((batch,), bool),
-    }
+    self.batch = parallel.global_batch({
+        "image": rng.integers(0, 256, (batch, res, res, channels), np.uint8),
+        "label": rng.integers(0, 1000, (batch,), np.int32),
+        "mask": np.ones((batch,), bool),
+    }, mesh)
     self.train_batch = {k: self.batch[k] for k in ("image", "label")}
+    weights = self.state.variables.weights()
     start = time.perf_counter()
-    self.compiled_train = train_step.lower(self.state, self.train_batch).compile()
-    self.compiled_eval = eval_step.lower(self.state.params, self.state.batch_stats, self.state.rngs,
-                                 self.batch).compile()
+    self.compiled_train = self.steps.train.lower(self.state, self.train_batch).compile()
+    self.compiled_eval = self.steps.eval_step.lower(
+        weights.params, weights.batch_stats, self.steps.rngs, self.batch).compile()
     self.compile_s = time.perf_counter() - start
     self.device = jax.devices()[0]
 
@@ -98,8 +90,8 @@ class JaxSteps:
     return metrics
 
   def evaluate(self) -> Any:
-    s = self.state
-    return self.compiled_eval(s.params, s.batch_stats, s.rngs, self.batch)
+    weights = self.state.variables.weights()
+    return self.compiled_eval(weights.params, weights.batch_stats, self.steps.rngs, self.batch)
 
   def peak_bytes(self) -> int:
     stats = self.device.memory_stats() or {}
@@ -216,7 +208,7 @@ def add_model_args(p: argparse.ArgumentParser, depthwise_help: str) -> None:
   """The flags that choose the model and the batch of a timed step."""
   p.add_argument("--arch", default="b0")
   p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--res", type=int, default=0, help="Image size; 0 = the variant's resolution.")
+  p.add_argument("--res", type=int, default=0, help="Image size; 0 = the architecture's resolution.")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--depthwise", default="auto", help=depthwise_help)
 
@@ -239,8 +231,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
   args = _parser().parse_args(argv)
   if not args.res:
-    from efficientnet_jax.models import get_variant
-    args.res = get_variant(args.arch).resolution
+    from efficientnet_jax.models import get_arch
+    args.res = get_arch(args.arch).resolution
   if args.worker:
     result = run_jax(args) if args.worker == "jax" else run_torch(args)
     print(json.dumps(result))

@@ -1,6 +1,7 @@
 """Stanford Cars: every on-disk layout, TFDS ArrayRecord preparation, Grain pipelines.
 
   dataset_dir = ensure_prepared(config.data)       # detect + prepare once, if missing
+  names = class_names(dataset_dir)                 # in label order
   it = train_iterator(config.data, global_batch_size=..., seed=...)  # endless, resumable
   for batch in eval_iterator(config.data, "val", global_batch_size=...): ...  # exact once
   mean, std = normalization(config.data)           # applied on device
@@ -8,7 +9,6 @@
 
 from efficientnet_jax.data.errors import DataError
 from efficientnet_jax.data.pipeline import (
-    class_names,
     eval_iterator,
     eval_steps,
     normalization,
@@ -17,6 +17,7 @@ from efficientnet_jax.data.pipeline import (
     train_iterator,
 )
 from efficientnet_jax.data.preparation import ensure_prepared, prepare
+from efficientnet_jax.data.records import class_names
 from efficientnet_jax.data.synthetic import make_synthetic_cars
 
 __all__ = [

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from efficientnet_jax.data.class_names import STANFORD_CARS_CLASSES
+from efficientnet_jax.data.official_classes import STANFORD_CARS_CLASSES
 from efficientnet_jax.data.errors import WHERE_TO_GET_DATA, DataError
 
-SPLITS = ("train", "test")
+RAW_SPLITS = ("train", "test")  # The splits of a raw copy (validation is held out later).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 TFDS_NAMES = ("stanford_cars", "cars196")
 _SEARCH_DEPTH = 2
@@ -248,7 +248,7 @@ def _read_combined(detected: Detected) -> RawDataset:
   root = detected.root
   annos = os.path.join(root, "cars_annos.mat")
   class_names = load_mat_strings(annos)
-  splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
+  splits: dict[str, list[Example]] = {s: [] for s in RAW_SPLITS}
   for r in load_mat_records(annos):
     if "relative_im_path" not in r or "test" not in r:
       raise DataError(f"{annos}: records need `relative_im_path` and `test` (found {sorted(r)}).")
@@ -285,7 +285,7 @@ def _image_files(folder: str) -> Iterator[str]:
 
 def _read_class_folders(detected: Detected) -> RawDataset:
   root = detected.root
-  folders = {s: [os.path.basename(p) for p in _subfolders(os.path.join(root, s))] for s in SPLITS}
+  folders = {s: [os.path.basename(p) for p in _subfolders(os.path.join(root, s))] for s in RAW_SPLITS}
   class_names = class_order(folders["train"])
   by_canonical = {_canonical(n): i for i, n in enumerate(class_names)}
   unknown = [f for f in folders["test"] if _canonical(f) not in by_canonical]
@@ -293,7 +293,7 @@ def _read_class_folders(detected: Detected) -> RawDataset:
     raise DataError(f"{os.path.join(root, 'test')}: class folder(s) {unknown[:5]} have no "
                     "counterpart in train/; train/ and test/ need the same class folders.")
   splits: dict[str, list[Example]] = {}
-  for split in SPLITS:
+  for split in RAW_SPLITS:
     splits[split] = [
         Example(os.path.join(root, split, folder, f), f"{split}/{folder}/{f}",
                 by_canonical[_canonical(folder)], None)

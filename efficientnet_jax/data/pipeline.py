@@ -1,6 +1,6 @@
 """Grain input pipelines: endless shuffled training batches, exact-once evaluation batches.
 
-All functions take config.data (see configs/default.py). Batches are per process:
+All functions take config.data (see efficientnet_jax/config.py). Batches are per process:
 `global_batch_size // process_count` examples, as numpy arrays.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 from efficientnet_jax.data import splits, transforms
 from efficientnet_jax.data.errors import DataError
 from efficientnet_jax.data.preparation import ensure_prepared
-from efficientnet_jax.data.source import PreparedSource
+from efficientnet_jax.data.records import PreparedSource
 
 
 def _process_count(process_count: int | None) -> int:
@@ -70,13 +70,6 @@ def _to_iterator(dataset: grain.MapDataset, config: ml_collections.ConfigDict) -
 def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
   """Number of examples of `split` in {'train', 'val', 'test'}."""
   return len(splits.split_indices(config, ensure_prepared(config), split)[1])
-
-
-def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """Class names in label order."""
-  from efficientnet_jax.data import source  # pylint: disable=g-import-not-at-top
-
-  return source.class_names(ensure_prepared(config))
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict, global_batch_size: int) -> int:
@@ -158,12 +151,12 @@ def eval_iterator(config: ml_collections.ConfigDict, split: str, *, global_batch
   return _to_iterator(dataset, config)
 
 
-def normalization(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
-  """(mean, std) as float32 [C] for the configured channels: x = (pixels/255 - mean) / std."""
+def normalization(config: ml_collections.ConfigDict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(mean, std), C values each for the configured channels: x = (pixels/255 - mean) / std."""
   mean, std = ((config.mean, config.std) if config.channels == 3
                else (config.gray_mean, config.gray_std))
-  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-  if mean.shape != (config.channels,) or std.shape != (config.channels,):
-    raise DataError(f"config.data mean/std {mean.tolist()}/{std.tolist()} need "
+  mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+  if len(mean) != config.channels or len(std) != config.channels:
+    raise DataError(f"config.data mean/std {list(mean)}/{list(std)} need "
                     f"{config.channels} value(s) for channels={config.channels}.")
   return mean, std

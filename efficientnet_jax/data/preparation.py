@@ -18,26 +18,26 @@ def hide_gpus_from_tensorflow() -> None:
   tf.config.set_visible_devices([], "GPU")
 
 
-def prepare(source_dir: str, data_dir: str, *, bad_images: str = "error",
+def prepare(raw_dir: str, tfds_dir: str, *, bad_images: str = "error",
             threads: int = 0) -> str:
-  """Detects the layout under `source_dir` and writes ArrayRecord splits under `data_dir`.
+  """Detects the layout under `raw_dir` and writes ArrayRecord splits under `tfds_dir`.
 
-  Returns the prepared dataset folder (`<data_dir>/stanford_cars/<version>`). A copy that
+  Returns the prepared dataset folder (`<tfds_dir>/stanford_cars/<version>`). A copy that
   is already a prepared TFDS dataset (layout 5) is returned as it is.
   """
-  detected = layouts.detect(source_dir)
+  detected = layouts.detect(raw_dir)
   logging.info("Found Stanford Cars layout %r at %s", detected.layout, detected.root)
   if detected.layout == "tfds":
     return check_random_access(detected.root)
-  source = layouts.read(detected)
+  raw = layouts.read(detected)
   hide_gpus_from_tensorflow()
   from efficientnet_jax.data.builder import StanfordCars  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  builder = StanfordCars(source=source, bad_images=bad_images, threads=threads,
-                         data_dir=data_dir, file_format="array_record")
+  builder = StanfordCars(raw=raw, bad_images=bad_images, threads=threads,
+                         data_dir=tfds_dir, file_format="array_record")
   builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=source.root))
+      download_config=tfds.download.DownloadConfig(manual_dir=raw.root))
   return str(builder.data_dir)
 
 
@@ -53,7 +53,7 @@ def check_random_access(dataset_dir: str) -> str:
         "array_record (random access). Convert it: `tfds convert_format "
         f"--dataset_version_dir={dataset_dir} --out_file_format=array_record`, or prepare "
         "from the raw images instead.")
-  missing = [s for s in layouts.SPLITS if s not in info.splits]
+  missing = [s for s in layouts.RAW_SPLITS if s not in info.splits]
   if missing:
     raise DataError(f"{dataset_dir}: the TFDS dataset lacks the split(s) {missing}.")
   return dataset_dir

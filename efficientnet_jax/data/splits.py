@@ -7,7 +7,7 @@ import logging
 import ml_collections
 import numpy as np
 
-from efficientnet_jax.data import source
+from efficientnet_jax.data import records
 from efficientnet_jax.data.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -51,8 +51,8 @@ def split_indices(config: ml_collections.ConfigDict, dataset_dir: str,
       logging.warning("config.data.val_split='test': validation (LR plateau, early stopping, "
                       "checkpoint selection) uses the test split, so the test score is "
                       "optimistic, as in the original study.")
-    return "test", np.arange(len(source.split_labels(dataset_dir, "test")), dtype=np.int64)
-  labels = source.split_labels(dataset_dir, "train")
+    return "test", np.arange(len(records.split_labels(dataset_dir, "test")), dtype=np.int64)
+  labels = records.split_labels(dataset_dir, "train")
   if config.val_split == "test":
     return "train", np.arange(len(labels), dtype=np.int64)
   kept, held_out = stratified_holdout(labels, config.val_fraction, config.split_seed)

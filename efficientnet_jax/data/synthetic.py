@@ -13,7 +13,7 @@ import numpy as np
 import scipy.io
 from PIL import Image, ImageDraw
 
-from efficientnet_jax.data.class_names import STANFORD_CARS_CLASSES
+from efficientnet_jax.data.official_classes import STANFORD_CARS_CLASSES
 
 LAYOUTS = ("official", "kaggle_nested", "class_folders", "combined")
 BBOX_FIELDS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")

@@ -35,7 +35,7 @@ Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels (continuous 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-  """The transform knobs of config.data (see configs/default.py for their meaning)."""
+  """The transform knobs of config.data (see efficientnet_jax/config.py for their meaning)."""
 
   image_size: int = 224
   channels: int = 3

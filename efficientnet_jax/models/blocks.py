@@ -1,4 +1,5 @@
-"""Blocks of EfficientNet: stem, squeeze-excite, MBConv, head."""
+"""Blocks of EfficientNet: stem, squeeze-excite, MBConv, head; BLOCKS maps a stage's block type
+to its class."""
 
 from __future__ import annotations
 
@@ -9,21 +10,22 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from efficientnet_jax.models import layers
-from efficientnet_jax.models.specs import BlockSpec
+from efficientnet_jax.models import layers, specs
+from efficientnet_jax.models.depthwise import DepthwiseConv
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerOptions:
-  """Options every block shares (resolved from create_model's arguments)."""
+  """What every block shares, resolved once per model (the backend included)."""
 
   padding: str
-  depthwise: str
+  depthwise: str  # A resolved implementation: conv, shifted or native.
   dtype: jnp.dtype
   bn_momentum: float
   bn_epsilon: float
   freeze_bn: bool
   activation: str
+  cpu_forms: bool  # The forms measured fastest on XLA:CPU: im2col stem, gate folded into kernels.
 
   def bn(self, channels: int) -> layers.BatchNorm:
     return layers.BatchNorm(channels, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
@@ -39,7 +41,7 @@ class ConvBnAct(nnx.Module):
   def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, opts: LayerOptions,
                *, init: np.random.Generator):
     self.conv = layers.Conv(in_ch, out_ch, kernel, stride, padding=opts.padding, dtype=opts.dtype,
-                            init=init)
+                            init=init, im2col=opts.cpu_forms)
     self.bn = opts.bn(out_ch)
     self.opts = opts
 
@@ -82,7 +84,7 @@ class MBConv(nnx.Module):
   and with it drop-connect, exists only when stride is 1 and channels are unchanged.
   """
 
-  def __init__(self, spec: BlockSpec, opts: LayerOptions, *, init: np.random.Generator,
+  def __init__(self, spec: specs.BlockSpec, opts: LayerOptions, *, init: np.random.Generator,
                rngs: nnx.Rngs):
     mid = spec.mid_channels
     if spec.expand_ratio != 1:
@@ -90,8 +92,8 @@ class MBConv(nnx.Module):
       self.expand_bn = opts.bn(mid)
     else:
       self.expand_conv = self.expand_bn = None
-    self.dw_conv = layers.DepthwiseConv(mid, spec.kernel, spec.stride, padding=opts.padding,
-                                        impl=opts.depthwise, dtype=opts.dtype, init=init)
+    self.dw_conv = DepthwiseConv(mid, spec.kernel, spec.stride, padding=opts.padding,
+                                 impl=opts.depthwise, dtype=opts.dtype, init=init)
     self.dw_bn = opts.bn(mid)
     self.se = SqueezeExcite(mid, spec.se_channels, opts, init=init) if spec.se_channels else None
     self.project_conv = layers.Dense(mid, spec.out_channels, dtype=opts.dtype, init=init)
@@ -102,15 +104,22 @@ class MBConv(nnx.Module):
     self.opts = opts
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    # The expansion's BatchNorm + activation runs inside the depthwise layer (the native
-    # kernel applies it to the rows it reads in evaluation).
     y = x if self.expand_conv is None else self.expand_conv(x)
-    y = layers.depthwise_bn_act(self.dw_conv, self.dw_bn, self.opts.activation, y,
-                                input_bn=self.expand_bn)
-    y = self.project_conv(y) if self.se is None else self.project_conv.gated(y, self.se(y))
+    # expand_bn + act -> depthwise conv -> dw_bn + act, in one call: with the native kernel
+    # in evaluation both BatchNorms and activations run inside it.
+    y = self.dw_conv.with_batch_norms(y, before=self.expand_bn, after=self.dw_bn,
+                                      activation=self.opts.activation)
+    if self.se is None:
+      y = self.project_conv(y)
+    else:
+      y = self.project_conv.gated(y, self.se(y), fold=self.opts.cpu_forms)
     y = self.project_bn(y)
     if self.has_skip:
       if self.drop_path is not None:
         y = self.drop_path(y)
       y = y + x
     return y
+
+
+# The block class of each block type of the stage tables (specs.BLOCK_TYPES).
+BLOCKS: dict[str, type[nnx.Module]] = {specs.MBCONV: MBConv}

@@ -1,9 +1,9 @@
-"""Prints every variant's resolution, parameter counts and forward FLOPs.
+"""Prints every architecture's resolution, parameter counts and forward FLOPs.
 
-  python -m efficientnet_jax.models.summary [--variants=b0,b4]
+  python -m efficientnet_jax.models.summary [--archs=b0,b4]
 
 FLOPs are XLA's cost analysis of the compiled eval-mode forward pass for one image at
-the variant's resolution (a multiply-add counts as 2 FLOPs; papers quote multiply-adds).
+the architecture's resolution (a multiply-add counts as 2 FLOPs; papers quote multiply-adds).
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import jax.numpy as jnp
 from absl import app, flags
 from flax import nnx
 
-from efficientnet_jax.models import VARIANTS, create_model
+from efficientnet_jax.models import ARCHS, create_model
 
-_VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), "Variants to summarise.")
+_ARCHS = flags.DEFINE_list("archs", list(ARCHS), "Architectures to summarise.")
 
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-  name: str
+  arch: str
   resolution: int
   params_1000: int
   params_196: int
@@ -47,34 +47,34 @@ def forward_flops(model: nnx.Module, resolution: int) -> float:
   return float(analysis["flops"])
 
 
-def summarize(name: str) -> Summary:
-  resolution = VARIANTS[name].resolution
+def summarize(arch: str) -> Summary:
+  resolution = ARCHS[arch].resolution
   # The grouped XLA convolution is counted exactly; the shifted form's FLOPs are the same.
-  model = create_model(name, num_classes=1000, depthwise="conv")
+  model = create_model(arch, num_classes=1000, depthwise="conv")
   return Summary(
-      name=name,
+      arch=arch,
       resolution=resolution,
       params_1000=count_params(model),
-      params_196=count_params(create_model(name, num_classes=196, depthwise="conv")),
+      params_196=count_params(create_model(arch, num_classes=196, depthwise="conv")),
       flops=forward_flops(model, resolution),
   )
 
 
 def format_table(rows: Sequence[Summary]) -> str:
-  header = f"{'variant':<8}{'res':>5}{'params (1000)':>15}{'params (196)':>14}{'GFLOPs':>9}{'GMACs':>8}"
+  header = f"{'arch':<8}{'res':>5}{'params (1000)':>15}{'params (196)':>14}{'GFLOPs':>9}{'GMACs':>8}"
   lines = [header, "-" * len(header)]
   for r in rows:
-    lines.append(f"{r.name:<8}{r.resolution:>5}{r.params_1000:>15,}{r.params_196:>14,}"
+    lines.append(f"{r.arch:<8}{r.resolution:>5}{r.params_1000:>15,}{r.params_196:>14,}"
                  f"{r.flops / 1e9:>9.2f}{r.flops / 2e9:>8.2f}")
   return "\n".join(lines)
 
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
+  unknown = [a for a in _ARCHS.value if a not in ARCHS]
   if unknown:
-    raise app.UsageError(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}.")
-  print(format_table([summarize(name) for name in _VARIANTS.value]))
+    raise app.UsageError(f"--archs: unknown {unknown}; choose from {', '.join(ARCHS)}.")
+  print(format_table([summarize(arch) for arch in _ARCHS.value]))
 
 
 if __name__ == "__main__":

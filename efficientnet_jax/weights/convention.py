@@ -26,8 +26,10 @@ class InputConvention:
   """How to turn uint8 pixels into the network's input.
 
   Pixels 0..255 are mapped linearly onto `value_range`, then normalized per channel by
-  (x - mean) / std, mean and std in the units of `value_range`. At eval, the image is resized (`interpolation`) so that a centre crop
-  of `crop_pct` of it is `image_size` pixels square.
+  (x - mean) / std, mean and std in the units of `value_range`. At eval, a central box is
+  resized (`interpolation`) to `image_size` pixels square: with resize 'shorter_side' the
+  largest centred square, with 'square' the whole image (aspect ratio not kept), either
+  shrunk to `crop_pct` of its sides.
   """
 
   mean: tuple[float, ...]
@@ -36,6 +38,7 @@ class InputConvention:
   interpolation: str = "bicubic"
   crop_pct: float = 0.875
   image_size: int = 224
+  resize: str = "shorter_side"
 
   def for_channels(self, in_channels: int) -> InputConvention:
     """The convention for a 1-channel (grayscale) model: the RGB statistics averaged."""
@@ -45,6 +48,13 @@ class InputConvention:
       raise ValueError(f"in_channels must be 1 or {len(self.mean)}, got {in_channels}.")
     return dataclasses.replace(
         self, mean=(float(np.mean(self.mean)),), std=(float(np.mean(self.std)),))
+
+  def in_unit_range(self) -> InputConvention:
+    """The same normalization with value_range (0, 1): mean and std in units of pixels / 255."""
+    low, high = self.value_range
+    return dataclasses.replace(
+        self, value_range=(0.0, 1.0), mean=tuple((v - low) / (high - low) for v in self.mean),
+        std=tuple(v / (high - low) for v in self.std))
 
   def normalize(self, pixels: np.ndarray) -> np.ndarray:
     """uint8 [..., H, W, C] pixels -> float32 network input."""
@@ -60,7 +70,8 @@ class InputConvention:
     return cls(
         mean=tuple(data["mean"]), std=tuple(data["std"]),
         value_range=tuple(data["value_range"]), interpolation=data["interpolation"],
-        crop_pct=float(data["crop_pct"]), image_size=int(data["image_size"]))
+        crop_pct=float(data["crop_pct"]), image_size=int(data["image_size"]),
+        resize=data.get("resize", "shorter_side"))
 
 
 def tf_crop_pct(image_size: int) -> float:
@@ -79,10 +90,10 @@ _TORCHVISION_EVAL = {"b0": (224, 256), "b1": (240, 256), "b2": (288, 288), "b3":
 
 def default_convention(source: str, arch: str) -> InputConvention:
   """The published eval convention of ImageNet weights from `source` for `arch`."""
-  variant = specs.get_variant(arch)
-  size = variant.resolution
+  spec = specs.get_arch(arch)
+  size = spec.resolution
   tf_trained = source in ("timm-tf", "lukemelas")
-  if variant.lite and tf_trained:
+  if spec.family is specs.LITE and tf_trained:
     # timm's ports of TF Lite rescale to [-1, 1]; the lukemelas-layout Lite ports keep
     # TF's (x - 127) / 128.
     mean, std = (INCEPTION_MEAN, INCEPTION_STD) if source == "timm-tf" else (TF_LITE_MEAN, TF_LITE_STD)

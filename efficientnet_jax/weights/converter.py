@@ -10,7 +10,7 @@ from flax import nnx
 from efficientnet_jax.models import create_model, specs
 from efficientnet_jax.weights import keymaps
 from efficientnet_jax.weights.checkpoint_files import read_checkpoint
-from efficientnet_jax.weights.class_names import default_class_names
+from efficientnet_jax.weights.imagenet_classes import default_class_names
 from efficientnet_jax.weights.convention import default_convention
 from efficientnet_jax.weights.errors import WeightsError
 from efficientnet_jax.weights.ported import PortedWeights
@@ -27,12 +27,12 @@ def infer_arch(tensors: dict[str, np.ndarray], layout: str) -> list[str]:
   """The architectures with exactly this state dict's tensor names and stem/head widths."""
   mappable = {k for k in tensors if k.rsplit(".", 1)[-1] not in keymaps.SKIPPED_SUFFIXES}
   matches = []
-  for arch, variant in specs.VARIANTS.items():
+  for arch, spec in specs.ARCHS.items():
     by_target = {m.target: m.source for m in keymaps.tensor_map(arch, layout)}
     if set(by_target.values()) != mappable:
       continue
-    if (tensors[by_target["stem/conv/kernel"]].shape[0] == specs.stem_channels(variant)
-        and tensors[by_target["head/conv/kernel"]].shape[0] == specs.head_channels(variant)):
+    if (tensors[by_target["stem/conv/kernel"]].shape[0] == specs.stem_channels(spec)
+        and tensors[by_target["head/conv/kernel"]].shape[0] == specs.head_channels(spec)):
       matches.append(arch)
   return matches
 
@@ -115,7 +115,7 @@ def _problem_report(name: str, arch: str, source: Source, problems: list[str],
   candidates = [a for a in infer_arch(tensors, source.layout) if a != arch]
   if candidates:
     lines.append(f"The checkpoint matches arch {candidates[0]}: use it (flag --arch, config "
-                 "field model.name).")
+                 "field model.arch).")
   return "\n".join(lines)
 
 
@@ -130,7 +130,7 @@ def convert_checkpoint(path: str | os.PathLike, arch: str | None = None,
     if len(candidates) != 1:
       raise ConversionError(
           f"{path}: cannot infer the architecture (candidates: {candidates or 'none'}); "
-          f"pass --arch (one of {', '.join(specs.VARIANTS)}).")
+          f"pass --arch (one of {', '.join(specs.ARCHS)}).")
     arch = candidates[0]
-  specs.get_variant(arch)
+  specs.get_arch(arch)
   return convert_tensors(tensors, arch, resolved, checkpoint_name=os.path.basename(path))

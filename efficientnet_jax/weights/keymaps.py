@@ -145,7 +145,7 @@ _LAYOUT_KEYS = {TIMM_LAYOUT: _timm_keys, LUKEMELAS_LAYOUT: _lukemelas_keys,
 
 def tensor_map(arch: str, layout: str) -> list[TensorMapping]:
   """Every tensor of `arch`'s parameter tree and the `layout` key that fills it."""
-  blocks = specs.build_blocks(specs.get_variant(arch), drop_connect_rate=0.0)
+  blocks = specs.build_blocks(specs.get_arch(arch), drop_connect_rate=0.0)
   return _mappings(blocks, _LAYOUT_KEYS[layout](blocks))
 
 

@@ -33,13 +33,13 @@ def resolve_weights(spec: str, *, arch: str | None = None, source: str = "auto")
   if spec in KNOWN_WEIGHTS:
     return fetch_known(spec)
   raise FileNotFoundError(
-      f"Pretrained weights {spec!r} (config field model.pretrained / flag --weights) are neither "
+      f"Pretrained weights {spec!r} (config field pretrained / flag --weights) are neither "
       f"a file, a converted weights directory nor a known name ({', '.join(KNOWN_WEIGHTS)}).")
 
 
 def _check_compatible(model: EfficientNet, weights: PortedWeights) -> None:
-  wanted = {"name": weights.arch, "padding": weights.padding, "bn_epsilon": weights.bn_epsilon}
-  have = {"name": model.arch, "padding": model.opts.padding, "bn_epsilon": model.opts.bn_epsilon}
+  wanted = {"arch": weights.arch, "padding": weights.padding, "bn_epsilon": weights.bn_epsilon}
+  have = {k: getattr(model.options, k) for k in wanted}
   wrong = [k for k in wanted if wanted[k] != have[k]]
   if wrong:
     fixes = ", ".join(f"model.{k}={wanted[k]!r} (is {have[k]!r})" for k in wrong)

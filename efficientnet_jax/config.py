@@ -1,0 +1,152 @@
+"""The configuration of a run: every knob, documented, with its default.
+
+  python -m efficientnet_jax.main --config=configs/default.py --workdir=runs/x \
+      --config.model.arch=b0 --config.optim.lr=1e-3
+
+configs/*.py start from get_config() and override a few fields (configs/cars.py,
+configs/demo.py).
+"""
+
+import ml_collections
+
+from efficientnet_jax.models.options import ModelOptions
+
+
+def _model() -> ml_collections.ConfigDict:
+  """Every field of efficientnet_jax.models.ModelOptions (documented there) but the seed,
+  which is config.seed: create_model(**config.model, seed=config.seed)."""
+  defaults = ModelOptions(num_classes=196)
+  return ml_collections.ConfigDict(
+      {f: getattr(defaults, f) for f in ModelOptions.fields() if f != "seed"})
+
+
+def _data() -> ml_collections.ConfigDict:
+  d = ml_collections.ConfigDict()
+  # Where the data is.
+  d.dir = "data/stanford_cars"  # Your copy, any layout (see efficientnet_jax/data/layouts.py).
+  d.tfds_dir = "data/tfds"  # Prepared ArrayRecord data (written once, when missing).
+  d.bad_images = "error"  # Unreadable image at preparation: "error" (list them) or "skip".
+  d.prepare_threads = 0  # Threads decoding images at preparation (0 = all cores).
+  # Splits.
+  d.val_split = "train"  # "train": hold val_fraction out of train; "test": as the original study.
+  d.val_fraction = 0.1  # Share of each class held out of train as validation.
+  d.split_seed = 0  # Seed of the held-out selection (independent of the training seed).
+  # Input geometry.
+  d.image_size = 224  # Output side in pixels (square).
+  d.channels = 3  # 3 = RGB, 1 = grayscale (set model.in_channels to match).
+  d.crop_to_bbox = False  # Crop to the annotated car bounding box first (train and eval).
+  d.bbox_margin = 0.05  # Context kept around the box, as a fraction of its width/height.
+  d.interpolation = "bilinear"  # Eval resize: "nearest", "bilinear" or "bicubic".
+  d.train_warp = "supersample"  # Train warp: "supersample" (2x2 antialiased) or as above.
+  d.jpeg_draft = True  # Let libjpeg decode at reduced size (1/2, 1/4, 1/8) when downscaling.
+  # Training augmentation (set a strength to 0 to disable it).
+  d.train_crop = "resize"  # "resize" (whole image, as the original) or "random_resized_crop".
+  d.rrc_scale = (0.25, 1.0)  # random_resized_crop: area fraction range.
+  d.rrc_ratio = (3 / 4, 4 / 3)  # random_resized_crop: aspect ratio range.
+  d.hflip = 0.5  # Probability of a horizontal flip.
+  d.rotate = 25.0  # Random rotation within +-degrees (one warp with translate/scale/shear).
+  d.translate = 0.1  # Random shift within +-fraction of the output size.
+  d.scale = (0.9, 1.1)  # Random zoom range.
+  d.shear = 8.0  # Random x-shear within +-degrees.
+  d.fill = 0  # Pixel value outside the warped image.
+  d.brightness = 0.2  # Color jitter: factor in [1 - b, 1 + b].
+  d.contrast = 0.2  # Color jitter: factor in [1 - c, 1 + c].
+  d.saturation = 0.2  # Color jitter: factor in [1 - s, 1 + s] (RGB only).
+  d.hue = 0.02  # Color jitter: shift within +-hue of a full turn (RGB only).
+  # Evaluation geometry.
+  d.eval_resize = "square"  # "square" (whole image; the original) or "shorter_side" (keep aspect).
+  d.crop_pct = 1.0  # Central fraction kept at eval (timm-style weights use 0.875).
+  # Normalization, applied on device: (x / 255 - mean) / std. Defaults: the original
+  # study's Stanford Cars statistics; pretrained weights may set their own.
+  d.mean = (0.470, 0.460, 0.455)
+  d.std = (0.267, 0.266, 0.270)
+  d.gray_mean = (0.462,)  # Used when channels == 1.
+  d.gray_std = (0.270,)
+  # Throughput.
+  d.workers = -1  # Grain worker processes (0 = in-process; -1 = one per core, up to 16).
+  d.worker_buffer_size = 2  # Batches each worker prepares ahead.
+  # Threads per process preparing whole batches ahead (0: the iterating thread prepares
+  # each batch when asked). Worker processes need none for local data: threads in each
+  # worker only compete for the cores. With workers=0, use about the core count, and a
+  # prefetch_buffer_size at least as large (it bounds the batches in progress too).
+  d.read_threads = 0
+  d.prefetch_buffer_size = 4  # Batches per process in progress or ready (read_threads > 0).
+  return d
+
+
+def _optim() -> ml_collections.ConfigDict:
+  o = ml_collections.ConfigDict()
+  o.lr = 1e-3  # Peak (base) learning rate of AdamW.
+  o.weight_decay = 0.01  # Decoupled (AdamW) weight decay; 0.1-0.3 suits training from scratch.
+  o.wd_exclude_bn_and_bias = True  # No weight decay on BatchNorm scale/shift and biases.
+  o.b1 = 0.9
+  o.b2 = 0.999
+  o.eps = 1e-8
+  o.label_smoothing = 0.1
+  o.grad_clip_norm = 0.0  # Clip gradients to this global norm; 0 = no clipping.
+  o.schedule = "constant"  # "constant" or "warmup_cosine" (per step; both scaled by plateau).
+  o.warmup_epochs = 0.0  # warmup_cosine: linear warmup length in epochs.
+  o.cosine_end_lr = 0.0  # warmup_cosine: learning rate at the last step.
+  o.freeze_backbone = False  # Train only the classifier (BN statistics: model.freeze_bn).
+  o.ema_decay = 0.0  # EMA of weights and BN stats, evaluated alongside; 0 = off (e.g. 0.999).
+
+  # Reduce-on-plateau on validation loss (PyTorch ReduceLROnPlateau, mode min, rel threshold).
+  o.plateau = ml_collections.ConfigDict()
+  o.plateau.enabled = True
+  o.plateau.factor = 0.1  # lr *= factor on a plateau.
+  o.plateau.patience = 3  # Evaluations without improvement tolerated before reducing.
+  o.plateau.threshold = 1e-3  # Improvement: val loss < best * (1 - threshold).
+  o.plateau.cooldown = 0  # Evaluations ignored after a reduction.
+  o.plateau.min_lr = 0.0  # Never reduce below this learning rate.
+
+  # Early stopping on validation loss (Lightning EarlyStopping, mode min).
+  o.early_stopping = ml_collections.ConfigDict()
+  o.early_stopping.enabled = True
+  o.early_stopping.patience = 10  # Stop after this many evaluations without improvement.
+  o.early_stopping.min_delta = 1e-3  # Improvement: val loss < best - min_delta.
+  return o
+
+
+def _train() -> ml_collections.ConfigDict:
+  t = ml_collections.ConfigDict()
+  t.num_epochs = 150  # Upper bound; early stopping usually ends the run before.
+  t.batch_size = 32  # Global batch (all devices, all hosts); a multiple of the device count.
+  t.eval_every_epochs = 1  # Validate (plateau, early stop, best checkpoint) every N epochs.
+  t.log_every_steps = 50  # Console line and TensorBoard train scalars every N steps.
+  t.num_sample_images = 16  # Augmented training images written to TensorBoard at the start.
+  t.stop_at_step = -1  # Act as if preempted at this global step (save, exit); -1 = never.
+  # With config.pretrained: "weights" takes mean/std, eval interpolation and crop_pct from
+  # the weights' input convention (overriding config.data); "config" keeps config.data's.
+  t.input_convention = "weights"
+  return t
+
+
+def _checkpoint() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.every_steps = 1000  # "latest" checkpoint every N steps, and at every epoch end.
+  c.keep_latest = 2  # "latest" checkpoints kept (resume after interruption).
+  c.keep_best = 1  # "best" checkpoints kept, by validation top-1.
+  c.async_save = True  # Write in the background; the loop waits only before exiting.
+  return c
+
+
+def _eval() -> ml_collections.ConfigDict:
+  e = ml_collections.ConfigDict()
+  e.batch_size = 64  # Global eval batch; the last batch is padded and masked.
+  e.test_at_end = True  # Evaluate the best checkpoint on the test split; write results.json.
+  return e
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Model initialization, dropout/drop-path, data order and augmentation.
+  # Weights to start from: a converted weights directory, a PyTorch checkpoint or a known
+  # name (efficientnet_jax.weights.KNOWN_WEIGHTS); "" = from scratch.
+  config.pretrained = ""
+  config.model = _model()
+  config.data = _data()
+  config.optim = _optim()
+  config.train = _train()
+  config.checkpoint = _checkpoint()
+  config.eval = _eval()
+  return config
