@@ -18,6 +18,7 @@ optim.lr with it), use --config.model.dtype=bfloat16 or --config.model.remat=Tru
 import ml_collections
 
 from efficientnet_jax.config import get_config as default_config
+from efficientnet_jax.errors import ConfigError
 from efficientnet_jax.models import get_arch
 
 # The lukemelas ports of the official TF weights the study fine-tuned, by architecture.
@@ -27,7 +28,7 @@ STUDY_WEIGHTS = {f"b{i}": f"efficientnet-b{i}" for i in range(8)}
 def get_config(arch: str = "b0") -> ml_collections.ConfigDict:
   """The recipe for `arch` (b0…b7) at its native resolution with its ImageNet weights."""
   if arch not in STUDY_WEIGHTS:
-    raise ValueError(f"configs/cars.py:{arch}: choose one of {', '.join(STUDY_WEIGHTS)}.")
+    raise ConfigError(f"configs/cars.py:{arch}: choose one of {', '.join(STUDY_WEIGHTS)}.")
   config = default_config()
   config.model.arch = arch
   config.pretrained = STUDY_WEIGHTS[arch]

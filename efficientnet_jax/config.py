@@ -65,10 +65,10 @@ def _data() -> ml_collections.ConfigDict:
   # Throughput.
   d.workers = -1  # Grain worker processes (0 = in-process; -1 = one per core, up to 16).
   d.worker_buffer_size = 2  # Batches each worker prepares ahead.
-  # Threads per process preparing whole batches ahead (0: the iterating thread prepares
-  # each batch when asked). Worker processes need none for local data: threads in each
-  # worker only compete for the cores. With workers=0, use about the core count, and a
-  # prefetch_buffer_size at least as large (it bounds the batches in progress too).
+  # Threads preparing whole batches ahead in the training process when workers=0 (0: the
+  # iterating thread prepares each batch when asked); use about the core count, and a
+  # prefetch_buffer_size at least as large (it bounds the batches in progress too). Worker
+  # processes run none: threads there only competed for the cores (and hung Grain once).
   d.read_threads = 0
   d.prefetch_buffer_size = 4  # Batches per process in progress or ready (read_threads > 0).
   return d

@@ -16,10 +16,14 @@ and metadata.json (arch, padding, BN epsilon, input convention, class names); an
 
 from __future__ import annotations
 
-from absl import app, flags
+from efficientnet_jax import cli
 
-from efficientnet_jax.models import ARCHS
-from efficientnet_jax.weights import (SOURCE_NAMES, PortedWeights, WeightsError, convert_checkpoint,
+cli.quiet_start()
+
+from absl import app, flags  # noqa: E402
+
+from efficientnet_jax.models import ARCHS  # noqa: E402
+from efficientnet_jax.weights import (SOURCE_NAMES, PortedWeights, convert_checkpoint,  # noqa: E402
                                       save_weights)
 
 FLAGS = flags.FLAGS
@@ -49,10 +53,7 @@ def describe(weights: PortedWeights) -> str:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    weights = convert(FLAGS.input, FLAGS.output, arch=FLAGS.arch, source=FLAGS.source)
-  except (WeightsError, FileNotFoundError) as e:
-    raise SystemExit(f"Error: {e}") from None
+  weights = convert(FLAGS.input, FLAGS.output, arch=FLAGS.arch, source=FLAGS.source)
   print(f"Converted {FLAGS.input} -> {FLAGS.output}\n{describe(weights)}")
 
 
@@ -67,4 +68,4 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from efficientnet_jax.errors import ConfigError
 
 # Path components that mark a parameter as a BatchNorm scale/shift or a bias.
 _NO_DECAY_NAMES = ("bias", "scale")
@@ -66,7 +67,7 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: in
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=optim.lr, warmup_steps=warmup, decay_steps=total,
         end_value=optim.cosine_end_lr)
-  raise ValueError(
+  raise ConfigError(
       f"Unknown schedule {optim.schedule!r} (config field optim.schedule); "
       "use 'constant' or 'warmup_cosine'.")
 

@@ -7,9 +7,13 @@ command does the same ahead of time (e.g. once, on a shared file system). The fl
 named after the config fields they stand for (data.dir, data.tfds_dir, data.bad_images).
 """
 
-from absl import app, flags, logging
+from efficientnet_jax import cli
 
-from efficientnet_jax.data import preparation, records
+cli.quiet_start()
+
+from absl import flags, logging  # noqa: E402
+
+from efficientnet_jax.data import preparation, records  # noqa: E402
 
 _DIR = flags.DEFINE_string("dir", None, "Folder holding your Stanford Cars copy (any layout).",
                            required=True)
@@ -31,4 +35,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

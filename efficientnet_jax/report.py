@@ -19,6 +19,8 @@ from typing import Any
 from absl import app
 from PIL import Image, ImageDraw, ImageFont
 
+from efficientnet_jax import cli
+from efficientnet_jax.errors import NotFoundError
 from efficientnet_jax.summaries import flatten
 
 METRICS = (("val top1", "#1f77b4"), ("test top1", "#ff7f0e"))
@@ -41,7 +43,7 @@ class Trial:
 def load_trials(runs_dir: str) -> list[Trial]:
   """The trials under `runs_dir` (subfolders with a config.json), by name."""
   if not os.path.isdir(runs_dir):
-    raise FileNotFoundError(f"{runs_dir}: no such folder of runs.")
+    raise NotFoundError(f"{runs_dir}: no such folder of runs.")
   trials = []
   for name in sorted(os.listdir(runs_dir)):
     folder = os.path.join(runs_dir, name)
@@ -57,7 +59,7 @@ def load_trials(runs_dir: str) -> list[Trial]:
         results = json.load(f)
     trials.append(Trial(name, config, results))
   if not trials:
-    raise FileNotFoundError(f"{runs_dir}: no trial folders (subfolders with config.json); "
+    raise NotFoundError(f"{runs_dir}: no trial folders (subfolders with config.json); "
                             "pass the --runs_dir of launch/sweep.py.")
   return trials
 
@@ -169,14 +171,11 @@ def write_report(runs_dir: str) -> tuple[str, list[str]]:
 def main(argv: list[str]) -> None:
   if len(argv) != 2:
     raise app.UsageError("Usage: python -m efficientnet_jax.report RUNS_DIR")
-  try:
-    text, pngs = write_report(argv[1])
-  except FileNotFoundError as e:
-    raise SystemExit(f"error: {e}") from None
+  text, pngs = write_report(argv[1])
   print(text)
   for path in pngs:
     print(f"plot: {path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

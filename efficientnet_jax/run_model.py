@@ -21,6 +21,7 @@ from flax import nnx
 from efficientnet_jax import checkpoint, data, steps, summaries
 from efficientnet_jax.models import EfficientNet, ModelOptions
 from efficientnet_jax.weights.convention import InputConvention
+from efficientnet_jax.errors import ConfigError, NotFoundError
 
 MODEL_FILE = "model.json"
 FORMAT = "efficientnet_jax.run_model/1"
@@ -59,7 +60,7 @@ def input_convention(config: ml_collections.ConfigDict,
   config.data's.
   """
   if config.train.input_convention not in INPUT_CONVENTIONS:
-    raise ValueError(f"train.input_convention={config.train.input_convention!r}; "
+    raise ConfigError(f"train.input_convention={config.train.input_convention!r}; "
                      f"choose one of {INPUT_CONVENTIONS}.")
   d = config.data
   if weights_convention is not None and config.train.input_convention == "weights":
@@ -113,13 +114,13 @@ class TrainedModel:
 def read_model_file(workdir: str) -> dict[str, Any]:
   path = os.path.join(workdir, MODEL_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise NotFoundError(
         f"{path} not found: {workdir!r} is not a training workdir, or its run has not started "
         "(model.json is written when training starts).")
   with open(path) as f:
     info = json.load(f)
   if info.get("format") != FORMAT:
-    raise ValueError(f"{path}: format {info.get('format')!r} is not {FORMAT!r}.")
+    raise ConfigError(f"{path}: format {info.get('format')!r} is not {FORMAT!r}.")
   return info
 
 

@@ -50,6 +50,13 @@ class StanfordCars(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         metadata=tfds.core.MetadataDict(),
     )
 
+  def _log_download_bytes(self) -> None:
+    """Instead of TFDS's "Downloading and preparing dataset Unknown size" (nothing downloads)."""
+    logging.info("Preparing %s into %s", self._raw.root, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.info("Prepared %s", self.data_dir)
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # The source was read by efficientnet_jax.data.layouts.
     checked, bad = {}, []

@@ -34,6 +34,7 @@ def prepare(raw_dir: str, tfds_dir: str, *, bad_images: str = "error",
   from efficientnet_jax.data.builder import StanfordCars  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+  tfds.disable_progress_bar()  # Its bars count records; ours (verification) counts images.
   builder = StanfordCars(raw=raw, bad_images=bad_images, threads=threads,
                          data_dir=tfds_dir, file_format="array_record")
   builder.download_and_prepare(

@@ -21,6 +21,7 @@ from absl import logging
 from flax import nnx
 
 from efficientnet_jax import native
+from efficientnet_jax.errors import ConfigError
 from efficientnet_jax.models.layers import (ACTIVATIONS, BatchNorm, he_normal, output_size,
                                             spatial_padding, tap)
 
@@ -36,7 +37,7 @@ def resolve(impl: str, backend: str, device_count: int) -> str:
   device would gather the whole batch and repeat the work (correct, but slow).
   """
   if impl not in IMPLS:
-    raise ValueError(f"Unknown depthwise implementation {impl!r} (config field model.depthwise); "
+    raise ConfigError(f"Unknown depthwise implementation {impl!r} (config field model.depthwise); "
                      f"use one of {IMPLS}.")
   on_cpu = backend == "cpu"
   if impl == "auto":
@@ -51,7 +52,7 @@ def resolve(impl: str, backend: str, device_count: int) -> str:
     return "shifted"
   if impl == "native":
     if not on_cpu:
-      raise ValueError(f"model.depthwise='native' is a CPU kernel; the backend is {backend!r}: "
+      raise ConfigError(f"model.depthwise='native' is a CPU kernel; the backend is {backend!r}: "
                        "use 'conv' or 'auto'.")
     reason = native.unavailable_reason()
     if reason is not None:

@@ -17,13 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
+from efficientnet_jax.errors import ConfigError
 
 PADDINGS = ("same", "symmetric")
 
 
 def check_padding(padding: str) -> None:
   if padding not in PADDINGS:
-    raise ValueError(f"Unknown padding {padding!r} (config field model.padding); "
+    raise ConfigError(f"Unknown padding {padding!r} (config field model.padding); "
                      f"use one of {PADDINGS}.")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from efficientnet_jax.models import depthwise, layers, specs
+from efficientnet_jax.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16")
 HEAD_INITS = ("tf", "torch", "zeros")
@@ -16,7 +17,7 @@ HEAD_INITS = ("tf", "torch", "zeros")
 
 @dataclasses.dataclass(frozen=True)
 class ModelOptions:
-  """How to build an EfficientNet. Invalid values raise ValueError naming the config field."""
+  """How to build an EfficientNet. Invalid values raise ConfigError naming the config field."""
 
   arch: str = "b0"  # b0…b7 or lite0…lite4 (models/specs.py).
   num_classes: int = 1000
@@ -45,19 +46,19 @@ class ModelOptions:
                ("head_init", HEAD_INITS))
     for field, allowed in choices:
       if getattr(self, field) not in allowed:
-        raise ValueError(f"Unknown {field} {getattr(self, field)!r} (config field model.{field}); "
+        raise ConfigError(f"Unknown {field} {getattr(self, field)!r} (config field model.{field}); "
                          f"use one of {allowed}.")
     if self.in_channels not in (1, 3):
-      raise ValueError(f"model.in_channels must be 1 (grayscale) or 3 (RGB), got {self.in_channels}.")
+      raise ConfigError(f"model.in_channels must be 1 (grayscale) or 3 (RGB), got {self.in_channels}.")
     if self.num_classes < 1:
-      raise ValueError(f"model.num_classes={self.num_classes} must be >= 1.")
+      raise ConfigError(f"model.num_classes={self.num_classes} must be >= 1.")
     for field in ("drop_connect_rate", "bn_momentum"):
       if not 0.0 <= getattr(self, field) < 1.0:
-        raise ValueError(f"model.{field}={getattr(self, field)} must be in [0, 1).")
+        raise ConfigError(f"model.{field}={getattr(self, field)} must be in [0, 1).")
     if self.dropout_rate >= 1.0:
-      raise ValueError(f"model.dropout_rate={self.dropout_rate} must be < 1 (< 0: the default).")
+      raise ConfigError(f"model.dropout_rate={self.dropout_rate} must be < 1 (< 0: the default).")
     if self.bn_epsilon <= 0:
-      raise ValueError(f"model.bn_epsilon={self.bn_epsilon} must be > 0.")
+      raise ConfigError(f"model.bn_epsilon={self.bn_epsilon} must be > 0.")
 
   @property
   def spec(self) -> specs.ArchSpec:

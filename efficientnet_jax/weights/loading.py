@@ -15,6 +15,7 @@ from efficientnet_jax.weights.convention import InputConvention
 from efficientnet_jax.weights.converter import convert_checkpoint
 from efficientnet_jax.weights.known import KNOWN_WEIGHTS
 from efficientnet_jax.weights.ported import PortedWeights, is_weights_dir, load_weights
+from efficientnet_jax.errors import ConfigError, NotFoundError
 
 _CLASSIFIER = "classifier/"
 _STEM_KERNEL = "stem/conv/kernel"
@@ -25,14 +26,14 @@ def resolve_weights(spec: str, *, arch: str | None = None, source: str = "auto")
   (converted on the fly; `arch`/`source` as for convert) or a known name (weight cache)."""
   if os.path.isdir(spec):
     if not is_weights_dir(spec):
-      raise FileNotFoundError(f"{spec} is a directory without metadata.json: not converted "
+      raise NotFoundError(f"{spec} is a directory without metadata.json: not converted "
                               "weights (python -m efficientnet_jax.convert writes them).")
     return load_weights(spec)
   if os.path.isfile(spec):
     return convert_checkpoint(spec, arch=arch, source=source)
   if spec in KNOWN_WEIGHTS:
     return fetch_known(spec)
-  raise FileNotFoundError(
+  raise NotFoundError(
       f"Pretrained weights {spec!r} (config field pretrained / flag --weights) are neither "
       f"a file, a converted weights directory nor a known name ({', '.join(KNOWN_WEIGHTS)}).")
 
@@ -43,7 +44,7 @@ def _check_compatible(model: EfficientNet, weights: PortedWeights) -> None:
   wrong = [k for k in wanted if wanted[k] != have[k]]
   if wrong:
     fixes = ", ".join(f"model.{k}={wanted[k]!r} (is {have[k]!r})" for k in wrong)
-    raise ValueError(
+    raise ConfigError(
         f"The weights ({weights.origin.get('checkpoint', weights.arch)}) need {fixes}; set these "
         "config fields, or build the model with weights.create_pretrained.")
 
@@ -55,7 +56,7 @@ def _stem_kernel(kernel: np.ndarray, in_channels: int) -> np.ndarray:
     return kernel
   if in_channels == 1:
     return kernel.sum(axis=2, keepdims=True)
-  raise ValueError(f"The weights' stem takes {kernel.shape[2]} input channel(s); a model with "
+  raise ConfigError(f"The weights' stem takes {kernel.shape[2]} input channel(s); a model with "
                    f"model.in_channels={in_channels} cannot use them.")
 
 
@@ -81,7 +82,7 @@ def load_pretrained(model: EfficientNet, weights: str | PortedWeights) -> InputC
     if key == _STEM_KERNEL:
       value = _stem_kernel(value, model.in_channels)
     if value.shape != variable.shape:
-      raise ValueError(f"Pretrained tensor {key} has shape {value.shape}, the model's "
+      raise ConfigError(f"Pretrained tensor {key} has shape {value.shape}, the model's "
                        f"{variable.shape}; the weights do not fit this model.")
     variable.value = jnp.asarray(value, variable.dtype)
   nnx.update(model, state)

@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from efficientnet_jax.weights.convention import InputConvention
+from efficientnet_jax.weights.errors import WeightsError
 
 FORMAT = "efficientnet_jax.weights/1"
 PARAMS_FILE = "params.npz"
@@ -77,7 +78,7 @@ def load_weights(directory: str | os.PathLike) -> PortedWeights:
   with open(meta_path) as f:
     meta = json.load(f)
   if meta.get("format") != FORMAT:
-    raise ValueError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}; "
+    raise WeightsError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}; "
                      "re-convert the checkpoint with this version (python -m efficientnet_jax.convert).")
   with np.load(os.path.join(directory, PARAMS_FILE), allow_pickle=False) as npz:
     tensors = {k: npz[k] for k in npz.files}
