@@ -16,7 +16,7 @@ import dataclasses
 import glob
 import os
 import re
-from collections.abc import Iterator
+import unicodedata
 from typing import Any
 
 import numpy as np
@@ -98,12 +98,22 @@ def read(detected: Detected) -> RawDataset:
   return readers[detected.layout](detected)
 
 
-def _subfolders(folder: str) -> list[str]:
+def _subfolders(folder: str, unreadable: list[str] | None = None) -> list[str]:
+  """The non-hidden subfolders of `folder`, by name. Entries that cannot be followed (a
+  symlink loop) are left out, or appended to `unreadable` as 'path (reason)'."""
   try:
     entries = sorted(os.scandir(folder), key=lambda e: e.name)
   except OSError:
     return []
-  return [e.path for e in entries if e.is_dir() and not e.name.startswith(".")]
+  found = []
+  for entry in entries:
+    try:
+      if entry.is_dir() and not entry.name.startswith("."):
+        found.append(entry.path)
+    except OSError as e:
+      if unreadable is not None:
+        unreadable.append(f"{entry.path} ({e.strerror})")
+  return found
 
 
 def _detect_here(folder: str) -> Detected | None:
@@ -261,45 +271,93 @@ def _read_combined(detected: Detected) -> RawDataset:
 
 
 def _canonical(name: str) -> str:
-  return re.sub(r"[^0-9a-z]", "", name.lower())
+  """A folder name for loose matching: Unicode NFKC, case-folded, letters and digits of
+  any script only ("Ram C/V" and "Ram C-V" agree; "日本 車" and "中国 车" do not)."""
+  return "".join(ch for ch in unicodedata.normalize("NFKC", name).casefold() if ch.isalnum())
 
 
 def class_order(folder_names: list[str]) -> tuple[str, ...]:
   """Class names in label order for class folders.
 
   If the folders are the 196 official classes (any punctuation, e.g. "Ram C-V Cargo Van"),
-  labels follow the official order and names; otherwise folders are sorted by name.
+  one folder each, labels follow the official order and names; otherwise every folder is
+  its own class, sorted by name.
   """
-  official = {_canonical(n): n for n in STANFORD_CARS_CLASSES}
-  canonical = {_canonical(f) for f in folder_names}
-  if len(folder_names) == len(official) and canonical == set(official):
+  official = {_canonical(n) for n in STANFORD_CARS_CLASSES}
+  canonical = [_canonical(f) for f in folder_names]
+  if len(set(canonical)) == len(canonical) == len(official) and set(canonical) == official:
     return STANFORD_CARS_CLASSES
   return tuple(sorted(folder_names))
 
 
-def _image_files(folder: str) -> Iterator[str]:
+def _label_folders(split_dir: str, folders: list[str],
+                   class_names: tuple[str, ...]) -> dict[str, int]:
+  """folder name -> label: the class of the same name, else the one class whose name agrees
+  loosely (_canonical). Two folders never share a label; ambiguity is an error."""
+  loose: dict[str, list[int]] = {}
+  for label, name in enumerate(class_names):
+    loose.setdefault(_canonical(name), []).append(label)
+  exact = {name: label for label, name in enumerate(class_names)}
+  labels: dict[str, int] = {}
+  for folder in folders:
+    if folder in exact:
+      labels[folder] = exact[folder]
+      continue
+    matches = loose.get(_canonical(folder), []) if _canonical(folder) else []
+    if len(matches) != 1:
+      hint = (f"it matches {[class_names[m] for m in matches]} loosely" if matches
+              else "no class has that name")
+      raise DataError(f"{os.path.join(split_dir, folder)}: {hint}; train/ and test/ need the "
+                      "same class folders: rename it to one of train/'s folder names exactly.")
+    labels[folder] = matches[0]
+  by_label: dict[int, list[str]] = {}
+  for folder, label in labels.items():
+    by_label.setdefault(label, []).append(folder)
+  shared = [f for f in by_label.values() if len(f) > 1]
+  if shared:
+    raise DataError(f"{split_dir}: the folders {shared[0]} would share the class "
+                    f"{class_names[labels[shared[0][0]]]!r}; keep one folder per class.")
+  return labels
+
+
+def _image_files(folder: str) -> list[str]:
+  """Image file names in `folder`, by name. Links that lead nowhere (dangling, looping) are
+  listed too: verification then reports them by name instead of dropping them silently."""
+  names = []
   for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-    if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
-      yield entry.name
+    if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+      continue
+    try:
+      listed = entry.is_file() or entry.is_symlink()
+    except OSError:  # A symlink loop.
+      listed = True
+    if listed:
+      names.append(entry.name)
+  return names
 
 
 def _read_class_folders(detected: Detected) -> RawDataset:
   root = detected.root
-  folders = {s: [os.path.basename(p) for p in _subfolders(os.path.join(root, s))] for s in RAW_SPLITS}
+  unreadable: list[str] = []
+  folders = {s: [os.path.basename(p) for p in _subfolders(os.path.join(root, s), unreadable)]
+             for s in RAW_SPLITS}
+  if unreadable:
+    raise DataError(f"Cannot read the class folder(s) {', '.join(unreadable)}; remove or fix "
+                    "them (a class folder must be a readable folder of images).")
   class_names = class_order(folders["train"])
-  by_canonical = {_canonical(n): i for i, n in enumerate(class_names)}
-  unknown = [f for f in folders["test"] if _canonical(f) not in by_canonical]
-  if unknown:
-    raise DataError(f"{os.path.join(root, 'test')}: class folder(s) {unknown[:5]} have no "
-                    "counterpart in train/; train/ and test/ need the same class folders.")
   splits: dict[str, list[Example]] = {}
   for split in RAW_SPLITS:
-    splits[split] = [
-        Example(os.path.join(root, split, folder, f), f"{split}/{folder}/{f}",
-                by_canonical[_canonical(folder)], None)
-        for folder in folders[split]
-        for f in _image_files(os.path.join(root, split, folder))]
+    split_dir = os.path.join(root, split)
+    labels = _label_folders(split_dir, folders[split], class_names)
+    splits[split] = []
+    for folder in folders[split]:
+      files = _image_files(os.path.join(split_dir, folder))
+      if not files:
+        raise DataError(f"{os.path.join(split_dir, folder)}: no images "
+                        f"({', '.join(IMAGE_EXTENSIONS)}); remove the empty class folder or "
+                        "add its images.")
+      splits[split] += [Example(os.path.join(split_dir, folder, f), f"{split}/{folder}/{f}",
+                                labels[folder], None) for f in files]
     if not splits[split]:
-      raise DataError(f"{os.path.join(root, split)}: no images ({', '.join(IMAGE_EXTENSIONS)}) "
-                      "in its class folders.")
+      raise DataError(f"{split_dir}: no class folders with images ({', '.join(IMAGE_EXTENSIONS)}).")
   return RawDataset(detected.layout, root, class_names, splits)

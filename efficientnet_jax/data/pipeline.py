@@ -57,9 +57,13 @@ def _to_iterator(dataset: grain.MapDataset, config: ml_collections.ConfigDict) -
   for field in ("read_threads", "prefetch_buffer_size"):
     if config[field] < 0:
       raise DataError(f"config.data.{field}={config[field]} must be >= 0.")
+  workers = _workers(config)
+  # Read threads inside worker processes only compete for the cores, and with 2 workers and
+  # 2 threads Grain's iterator was seen to hang under load: workers get none.
   iterable = dataset.to_iter_dataset(grain.ReadOptions(
-      num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_buffer_size))
-  if workers := _workers(config):
+      num_threads=0 if workers else config.read_threads,
+      prefetch_buffer_size=config.prefetch_buffer_size))
+  if workers:
     if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags (e.g. under pytest).
       flags.FLAGS.mark_as_parsed()
     iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(

@@ -30,6 +30,7 @@ _GRAY = np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma, as PIL and torchvisio
 _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
                         [0.211, -0.523, 0.312]])
 
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels (continuous coords).
 
 
@@ -125,14 +126,22 @@ def load(image: Image.Image, mode: str, box: Box, out_size: tuple[int, int], dra
   except (OSError, ValueError) as e:
     raise DataError(f"Cannot decode image {file_name!r}: {e}. Prepare the data again from "
                     "the raw copy (preparation verifies every image).") from e
-  if image.mode != mode:
-    image = image.convert(mode)
+  image = convert_mode(image, mode)
   fx, fy = image.width / width, image.height / height
   factor = int(min(fx / need[0], fy / need[1]))
   if factor >= 2:
     image = image.reduce(factor)
     fx, fy = image.width / width, image.height / height
   return image, (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
+
+
+def convert_mode(image: Image.Image, mode: str) -> Image.Image:
+  """`image` in mode 'RGB' or 'L'. 16-bit grayscale (PNG 'I;16', 'I') is scaled to 8 bits,
+  where PIL's own conversion clips it at 255 (a 0..65535 gradient would turn white)."""
+  if image.mode in _SIXTEEN_BIT or (image.mode == "I" and np.asarray(image).max() > 255):
+    levels = np.asarray(image, np.uint32)
+    image = Image.fromarray(((levels * 255 + 32767) // 65535).astype(np.uint8), "L")
+  return image if image.mode == mode else image.convert(mode)
 
 
 def region(size: tuple[int, int], bbox: np.ndarray | None, margin: float) -> Box:

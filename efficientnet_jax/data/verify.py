@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from efficientnet_jax.data import transforms
 from efficientnet_jax.data.layouts import Example
 
 BAD_IMAGE_POLICIES = ("error", "skip")
@@ -65,7 +66,7 @@ def stored_bytes(checked: CheckedImage) -> bytes:
     return data
   with Image.open(io.BytesIO(data)) as image:
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=REENCODE_QUALITY)
+    transforms.convert_mode(image, "RGB").save(buffer, format="JPEG", quality=REENCODE_QUALITY)
   return buffer.getvalue()
 
 
