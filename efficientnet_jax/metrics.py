@@ -50,11 +50,36 @@ class ConfusionMatrix(clu_metrics.Metric):
     return self.counts
 
 
+NO_STEP = np.iinfo(np.int32).max  # FirstNonFinite's value while every step was finite.
+
+
+@flax.struct.dataclass
+class FirstNonFinite(clu_metrics.Metric):
+  """The first step (1-based) whose loss or updated parameters were not finite; NO_STEP if none."""
+
+  step: jax.Array
+
+  @classmethod
+  def empty(cls) -> "FirstNonFinite":
+    return cls(step=jnp.asarray(NO_STEP, jnp.int32))
+
+  @classmethod
+  def from_model_output(cls, *, finite: jax.Array, step: jax.Array, **_) -> "FirstNonFinite":
+    return cls(step=jnp.where(finite, NO_STEP, step).astype(jnp.int32))
+
+  def merge(self, other: "FirstNonFinite") -> "FirstNonFinite":
+    return type(self)(step=jnp.minimum(self.step, other.step))
+
+  def compute(self) -> jax.Array:
+    return self.step
+
+
 @flax.struct.dataclass
 class TrainMetrics(clu_metrics.Collection):
   loss: clu_metrics.Average.from_output("loss")
   accuracy: clu_metrics.Accuracy
   learning_rate: clu_metrics.LastValue.from_output("learning_rate")
+  first_nonfinite: FirstNonFinite
 
 
 @flax.struct.dataclass
@@ -71,13 +96,39 @@ def merge(total: clu_metrics.Collection | None, new: clu_metrics.Collection) -> 
 
 
 def scalars(collection: clu_metrics.Collection, prefix: str) -> dict[str, float]:
-  """Computed scalar metrics as floats, named '{prefix}/{metric}' (confusion left out)."""
+  """Computed scalar metrics as floats, named '{prefix}/{metric}' (confusion and
+  first_nonfinite left out)."""
   out = {}
   for name, value in collection.compute().items():
     value = np.asarray(jax.device_get(value))
-    if value.ndim == 0:
+    if value.ndim == 0 and name != "first_nonfinite":
       out[f"{prefix}/{name}"] = float(value)
   return out
+
+
+def first_nonfinite_step(train: TrainMetrics | None) -> int | None:
+  """The first step of `train`'s interval whose loss or parameters were not finite, or None."""
+  if train is None:
+    return None
+  step = int(jax.device_get(train.first_nonfinite.compute()))
+  return None if step == NO_STEP else step
+
+
+def to_json(collection: clu_metrics.Collection | None) -> dict[str, Any] | None:
+  """A metric collection's state as JSON-able lists (to carry a partial interval over a resume)."""
+  if collection is None:
+    return None
+  state = flax.serialization.to_state_dict(jax.device_get(collection))
+  return jax.tree.map(lambda x: np.asarray(x).tolist(), state)
+
+
+def from_json(cls: type, state: dict[str, Any] | None) -> clu_metrics.Collection | None:
+  """The collection `to_json` wrote, or None."""
+  if state is None:
+    return None
+  empty = jax.device_get(cls.empty())
+  restored = flax.serialization.from_state_dict(empty, state)
+  return jax.tree.map(lambda e, v: np.asarray(v, np.asarray(e).dtype), empty, restored)
 
 
 def classification_report(counts: np.ndarray, class_names: tuple[str, ...],
@@ -89,7 +140,9 @@ def classification_report(counts: np.ndarray, class_names: tuple[str, ...],
   order = [i for i in np.argsort(accuracy, kind="stable") if support[i] > 0][:hardest]
   return {
       "num_examples": int(support.sum()),
-      "per_class_accuracy": {name: float(a) for name, a in zip(class_names, accuracy)},
+      # None (JSON null) for a class without examples in the split: not an accuracy of 0.
+      "per_class_accuracy": {name: float(a) if n else None
+                             for name, a, n in zip(class_names, accuracy, support)},
       "hardest_classes": [{"label": int(i), "class": class_names[i], "accuracy": float(accuracy[i]),
                            "num_examples": int(support[i])} for i in order],
   }

@@ -15,11 +15,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from efficientnet_jax.errors import ConfigError
 
 DATA_AXIS = "data"
 
@@ -46,7 +49,7 @@ def _int_env(environ: Mapping[str, str], name: str) -> int | None:
   try:
     return int(value)
   except ValueError:
-    raise ValueError(f"Environment variable {name}={value!r} must be an integer.") from None
+    raise ConfigError(f"Environment variable {name}={value!r} must be an integer.") from None
 
 
 def detect_launch(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -77,12 +80,12 @@ def detect_launch(coordinator_address: str | None = None, num_processes: int | N
                                     ("num_processes", num_processes),
                                     ("process_id", process_id)) if v is None]
     if missing:
-      raise ValueError(
+      raise ConfigError(
           f"Multi-process launch ({source}) lacks {', '.join(missing)}: pass all of "
           "--coordinator_address=HOST:PORT --num_processes=N --process_id=I (or set "
           "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
     if not 0 <= process_id < num_processes:
-      raise ValueError(f"process_id={process_id} must be in [0, num_processes={num_processes}).")
+      raise ConfigError(f"process_id={process_id} must be in [0, num_processes={num_processes}).")
     return Launch(source, coordinator_address, num_processes, process_id)
   if (_int_env(environ, "SLURM_STEP_NUM_TASKS") or 1) > 1:  # Set inside `srun` steps only.
     return Launch("slurm", cluster="slurm")
@@ -108,6 +111,37 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   logging.info("Process %d of %d (%s launch): %d local of %d global devices.",
                jax.process_index(), jax.process_count(), launch.source,
                jax.local_device_count(), jax.device_count())
+  _connect_collectives()
+
+
+# How long a process waits for the others at a barrier: data preparation by process 0 may
+# take that long.
+BARRIER_TIMEOUT_S = 4 * 3600
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches barrier `name` (each name used once), through the
+  distributed runtime's coordination service, not a collective (see _connect_collectives)."""
+  if jax.process_count() > 1:
+    ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=BARRIER_TIMEOUT_S * 1000)
+
+
+def _connect_collectives() -> None:
+  """Sets up the CPU collectives' connections while all processes are in step.
+
+  Gloo (XLA:CPU's cross-process collectives) connects the processes at a set of devices'
+  first collective and gives up when a peer is over 30 s late (hard-coded), e.g. while
+  process 0 prepares the data or compiles more slowly under load. Once connected, a
+  collective waits as long as it takes. So right after start-up, behind a barrier, run one
+  collective over every device (the train and eval steps' set) and one over a device per
+  process (process_allgather's, also used by Orbax).
+  """
+  barrier("efficientnet_jax_connect")
+  mesh = create_mesh()
+  ones = jax.make_array_from_process_local_data(batch_sharded(mesh),
+                                                np.ones(jax.local_device_count(), np.float32))
+  jax.block_until_ready(jax.jit(jnp.sum, out_shardings=replicated(mesh))(ones))
+  multihost_utils.process_allgather(np.zeros((), np.int32))
 
 
 def is_main_process() -> bool:
@@ -130,16 +164,13 @@ def any_process(flag: bool) -> bool:
 def main_process_first(name: str) -> Iterator[None]:
   """Process 0 runs the body first (e.g. preparing shared files), the others after it.
 
-  Every process must enter with the same `name`. A no-op barrier for one process.
+  Every process must enter with the same `name`, once. A no-op for one process.
   """
-  if jax.process_count() == 1:
-    yield
-    return
   if not is_main_process():
-    multihost_utils.sync_global_devices(name)
+    barrier(name)
   yield
   if is_main_process():
-    multihost_utils.sync_global_devices(name)
+    barrier(name)
 
 
 def create_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -160,7 +191,7 @@ def host_batch_size(global_batch: int, mesh: Mesh, field: str) -> int:
   """The per-process share of a global batch; raises if devices cannot split it evenly."""
   devices = mesh.devices.size
   if global_batch <= 0 or global_batch % devices:
-    raise ValueError(
+    raise ConfigError(
         f"{field}={global_batch} must be a positive multiple of the number of devices "
         f"({devices}: {jax.device_count()} over {jax.process_count()} processes); "
         f"e.g. --config.{field}={max(1, round(global_batch / devices)) * devices}.")

@@ -1,11 +1,9 @@
-"""The console side of a run: our log lines only, progress lines with throughput and ETA,
-and the training throughput of a session."""
+"""The console side of a run: progress lines with throughput and ETA, and the training
+throughput of a session."""
 
 from __future__ import annotations
 
 import contextlib
-import logging as logging_lib
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -13,16 +11,6 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
-
-
-def quiet_library_logs() -> None:
-  """Console: INFO lines of this package only; libraries (Orbax, TFDS, Grain) from WARNING."""
-  package = os.path.dirname(os.path.abspath(__file__))
-
-  def keep(record: logging_lib.LogRecord) -> bool:
-    return record.levelno >= logging_lib.WARNING or record.pathname.startswith(package)
-
-  logging.get_absl_handler().addFilter(keep)
 
 
 class Progress:

@@ -168,8 +168,12 @@ def _train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                       optim.ema_update(ema.batch_stats, batch_stats, ema_decay))
     new_state = state.replace(step=state.step + 1, variables=Variables(params, batch_stats, ema),
                               rngs=rngs, opt_state=opt_state)
+    # A reduction over the new parameters: a diverging run stops at its first bad step.
+    finite = jnp.isfinite(losses.mean()) & jax.tree.reduce(
+        lambda ok, p: ok & jnp.all(jnp.isfinite(p)), params, jnp.bool_(True))
     step_metrics = metrics.TrainMetrics.single_from_model_output(
-        loss=losses, logits=logits, labels=labels, learning_rate=lr)
+        loss=losses, logits=logits, labels=labels, learning_rate=lr, finite=finite,
+        step=state.step + 1)
     return new_state, step_metrics
 
   return train_step

@@ -2,15 +2,24 @@
 
 Data-parallel training with validation each `train.eval_every_epochs`, reduce-on-plateau
 and early stopping on validation loss, 'latest' and 'best' checkpoints, automatic
-resumption from the workdir, a clean exit on SIGTERM/SIGINT, and at the end a test
-evaluation of the best checkpoint written to results.json and TensorBoard.
+resumption from the workdir, a clean exit on SIGTERM/SIGINT at any point, and at the end a
+test evaluation of the best checkpoint written to results.json and TensorBoard.
+
+What holds when things go wrong: every config field is checked before any work; one run at
+a time holds a workdir; a diverging run (a non-finite loss or parameter) stops at once and
+never saves a non-finite checkpoint; a failed checkpoint write stops the run at the next
+step, the earlier checkpoints intact; an unreadable checkpoint is moved aside and the one
+before it is used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -19,8 +28,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from efficientnet_jax import (checkpoint, data, metrics, optim, parallel, progress, run_model,
-                              steps, summaries)
+from efficientnet_jax import (checkpoint, config_checks, data, metrics, optim, parallel, progress,
+                              run_model, steps, summaries)
+from efficientnet_jax.errors import ConfigError, NotFoundError, UserError
+
+
+class TrainingDiverged(UserError):
+  """The loss or the parameters stopped being finite."""
 
 
 @dataclasses.dataclass
@@ -32,6 +46,7 @@ class HostState:
   stopped_early: bool = False
   best_val_top1: float = -1.0
   wall_seconds: float = 0.0  # Over all sessions of this run.
+  train_images_per_sec: float | None = None  # Of the last session that trained.
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -45,34 +60,45 @@ class HostState:
     self.stopped_early = meta["stopped_early"]
     self.best_val_top1 = meta["best_val_top1"]
     self.wall_seconds = meta["wall_seconds"]
+    self.train_images_per_sec = meta.get("train_images_per_sec")
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A validated copy of `config` (the caller's stays untouched)."""
+  """A validated copy of `config` (the caller's stays untouched): every field checked
+  (config_checks.validate) before any work."""
   config = config.copy_and_resolve_references()
-  if config.model.in_channels != config.data.channels:
-    raise ValueError(f"model.in_channels={config.model.in_channels} but data.channels="
-                     f"{config.data.channels}; set both to 3 (RGB) or both to 1 (grayscale).")
-  if config.train.num_epochs < 1 or config.train.eval_every_epochs < 1:
-    raise ValueError("train.num_epochs and train.eval_every_epochs must be >= 1.")
+  config_checks.validate(config)
   return config
 
 
 def _check_classes(config: ml_collections.ConfigDict, class_names: tuple[str, ...]) -> None:
   if config.model.num_classes != len(class_names):
-    raise ValueError(
+    raise ConfigError(
         f"model.num_classes={config.model.num_classes} but the dataset (data.dir="
         f"{config.data.dir!r}) has {len(class_names)} classes; "
         f"set --config.model.num_classes={len(class_names)}.")
 
 
+def close(iterator: Any) -> None:
+  """Stops a data iterator's worker processes and frees their shared memory."""
+  if hasattr(iterator, "close"):
+    iterator.close()
+
+
 def evaluate(compiled: steps.CompiledSteps, weights: steps.Variables,
-             data_config: ml_collections.ConfigDict, split: str,
-             batch_size: int) -> metrics.EvalMetrics:
-  """Metrics of `weights` on `split`, every example exactly once over all processes."""
+             data_config: ml_collections.ConfigDict, split: str, batch_size: int,
+             should_stop: Callable[[], bool] = lambda: False) -> metrics.EvalMetrics | None:
+  """Metrics of `weights` on `split`, every example exactly once over all processes; None
+  when `should_stop` (polled between batches, alike on every process) interrupted it."""
   total = None
-  for batch in data.eval_iterator(data_config, split, global_batch_size=batch_size):
-    total = metrics.merge(total, compiled.evaluate(weights, parallel.global_batch(batch, compiled.mesh)))
+  iterator = data.eval_iterator(data_config, split, global_batch_size=batch_size)
+  try:
+    for batch in iterator:
+      if parallel.any_process(should_stop()):
+        return None
+      total = metrics.merge(total, compiled.evaluate(weights, parallel.global_batch(batch, compiled.mesh)))
+  finally:
+    close(iterator)
   return total
 
 
@@ -80,9 +106,10 @@ class Trainer:
   """One session of a run: the state, the compiled steps, and the loop over them."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-               ckpts: checkpoint.Checkpoints):
+               ckpts: checkpoint.Checkpoints, stop: checkpoint.StopSignal | None = None):
     self.session_start = time.perf_counter()
     self.workdir, self.ckpts = workdir, ckpts
+    self.stop = stop or checkpoint.StopSignal()
     self.mesh = parallel.create_mesh()
     parallel.host_batch_size(config.train.batch_size, self.mesh, "train.batch_size")
     parallel.host_batch_size(config.eval.batch_size, self.mesh, "eval.batch_size")
@@ -103,11 +130,15 @@ class Trainer:
                           optim.EarlyStopping.from_config(config.optim))
     self.train_iter = data.train_iterator(config.data, global_batch_size=config.train.batch_size,
                                           seed=config.seed)
+    # Train metrics of the logging interval in progress (carried over a resume).
+    self.train_metrics: metrics.TrainMetrics | None = None
     if ckpts.latest_step() is not None:
       self.state, meta = ckpts.restore_latest(self.state, self.train_iter)
       self.host.restore(meta)
-      logging.info("Resumed from %s at step %d.", workdir, ckpts.latest_step())
+      self.train_metrics = metrics.from_json(metrics.TrainMetrics, meta.get("train_metrics"))
+      logging.info("Resumed from %s at step %d.", workdir, int(self.state.step))
     self.step = int(self.state.step)
+    self.saved_step = self.step if ckpts.latest_step() is not None else None
     self.wall_before = self.host.wall_seconds
 
     self.repl = parallel.replicated(self.mesh)
@@ -116,58 +147,77 @@ class Trainer:
       summaries.write_run_info(workdir, config, self.writer)
     run_model.save(workdir, model.options, convention, self.class_names)
 
-  def train(self) -> tuple[bool, float | None]:
-    """Runs the loop to the last epoch or an early stop; returns (interrupted, images/s).
+  def finished_training(self) -> bool:
+    return self.step >= self.total_steps or self.host.stopped_early
 
-    Interrupted means a signal or train.stop_at_step ended it; its checkpoint is saved.
-    """
+  def train(self) -> bool:
+    """Runs the loop to the last epoch or an early stop; False when a signal or
+    train.stop_at_step ended it (its checkpoint saved)."""
     config, spe = self.config, self.steps_per_epoch
     logging.info("Training %s: %d classes, %d steps/epoch, %d epochs, global batch %d on %d "
                  "device(s); from step %d.", config.model.arch, len(self.class_names), spe,
                  config.train.num_epochs, config.train.batch_size, self.mesh.devices.size, self.step)
     console = progress.Progress(self.total_steps, self.step, config.train.batch_size)
     timer = progress.Throughput()
-    train_metrics = None
-    with checkpoint.StopSignal() as stop:
-      while self.step < self.total_steps and not self.host.stopped_early:
-        batch = next(self.train_iter)
-        if self.step == 0 and config.train.num_sample_images:
-          self.writer.write_images(0, {"train/augmented_samples": summaries.image_grid(
-              batch["image"][:config.train.num_sample_images])[None]})
-        self.state, step_metrics = self.compiled.train(self.state,
-                                                       parallel.global_batch(batch, self.mesh))
-        self.step += 1
-        timer.step(self.state, config.train.batch_size)
-        train_metrics = metrics.merge(train_metrics, step_metrics)
-        epoch, in_epoch = divmod(self.step, spe)
-        logged = self.step % config.train.log_every_steps == 0 or not in_epoch
-        if logged:
-          scalars = {**metrics.scalars(train_metrics, "train"), **console.timing(self.step),
-                     "train/epoch": self.step / spe}
-          self.writer.write_scalars(self.step, scalars)
-          console.log(self.step, epoch + (1 if in_epoch else 0), config.train.num_epochs, scalars)
-          train_metrics = None
-        if not in_epoch and (epoch % config.train.eval_every_epochs == 0
-                             or self.step == self.total_steps):
-          with timer.paused(self.state):
-            self.validate(epoch)
-          console.timing(self.step)  # The next interval's throughput excludes validation.
-        # Processes must stop after the same step, even if a signal reached only some of
-        # them: with several, they agree (a collective) where the host waits anyway.
-        poll = jax.process_count() == 1 or logged
-        stop_now = ((poll and parallel.any_process(stop.requested()))
-                    or self.step == config.train.stop_at_step)
-        if not in_epoch or self.step % config.checkpoint.every_steps == 0 or stop_now:
-          self.save_latest()
-        if stop_now:
-          logging.info("Stopping at step %d; rerun with the same workdir to resume.", self.step)
-          return True, timer.images_per_sec(self.state)
+    while not self.finished_training():
+      batch = next(self.train_iter)
+      if self.step == 0 and config.train.num_sample_images:
+        self.writer.write_images(0, {"train/augmented_samples": summaries.image_grid(
+            batch["image"][:config.train.num_sample_images])[None]})
+      self.state, step_metrics = self.compiled.train(self.state,
+                                                     parallel.global_batch(batch, self.mesh))
+      self.step += 1
+      timer.step(self.state, config.train.batch_size)
+      self.train_metrics = metrics.merge(self.train_metrics, step_metrics)
+      self.ckpts.check_saves()
+      epoch, in_epoch = divmod(self.step, spe)
+      logged = self.step % config.train.log_every_steps == 0 or not in_epoch
+      if logged:
+        self._check_finite()
+        scalars = {**metrics.scalars(self.train_metrics, "train"), **console.timing(self.step),
+                   "train/epoch": self.step / spe}
+        self.writer.write_scalars(self.step, scalars)
+        console.log(self.step, epoch + (1 if in_epoch else 0), config.train.num_epochs, scalars)
+        self.train_metrics = None
+      if not in_epoch and (epoch % config.train.eval_every_epochs == 0
+                           or self.step == self.total_steps):
+        with timer.paused(self.state):
+          self.validate(epoch)
+        console.timing(self.step)  # The next interval's throughput excludes validation.
+      # Processes must stop after the same step, even if a signal reached only some of
+      # them: with several, they agree (a collective) where the host waits anyway.
+      poll = jax.process_count() == 1 or logged
+      stop_now = ((poll and parallel.any_process(self.stop.requested()))
+                  or self.step == config.train.stop_at_step)
+      if not in_epoch or self.step % config.checkpoint.every_steps == 0 or stop_now:
+        self.host.train_images_per_sec = (timer.images_per_sec(self.state)
+                                          or self.host.train_images_per_sec)
+        self.save_latest()
+      if stop_now:
+        logging.info("Stopping at step %d; rerun with the same workdir to resume.", self.step)
+        return False
     if self.step not in self.ckpts.latest.all_steps():
       self.save_latest()
-    return False, timer.images_per_sec(self.state)
+    return True
 
-  def evaluate(self, weights: steps.Variables, split: str) -> metrics.EvalMetrics:
-    return evaluate(self.compiled, weights, self.config.data, split, self.config.eval.batch_size)
+  def _check_finite(self) -> None:
+    """Raises TrainingDiverged, naming the first bad step and the learning rate, when a loss
+    or parameter of the current interval was not finite."""
+    bad = metrics.first_nonfinite_step(self.train_metrics)
+    if bad is None:
+      return
+    lr = metrics.scalars(self.train_metrics, "train")["train/learning_rate"]
+    kept = ("no checkpoint was written yet" if self.saved_step is None
+            else f"the last checkpoint, step {self.saved_step}, is finite")
+    raise TrainingDiverged(
+        f"Training diverged: the loss or the parameters stopped being finite at step {bad} "
+        f"(learning rate {lr:.3g}); {kept}. Lower --config.optim.lr (or set "
+        "--config.optim.grad_clip_norm) and rerun with the same workdir to resume from it.")
+
+  def evaluate(self, weights: steps.Variables, split: str,
+               should_stop: Callable[[], bool] = lambda: False) -> metrics.EvalMetrics | None:
+    return evaluate(self.compiled, weights, self.config.data, split, self.config.eval.batch_size,
+                    should_stop)
 
   def validate(self, epoch: int) -> None:
     """Validation -> TensorBoard, plateau (lr scale), early stopping, 'best' checkpoint."""
@@ -175,6 +225,11 @@ class Trainer:
     scalars = metrics.scalars(self.evaluate(variables.weights(), "val"), "val")
     if variables.ema is not None:
       scalars.update(metrics.scalars(self.evaluate(variables.weights(ema=True), "val"), "val_ema"))
+    if not all(np.isfinite(v) for v in scalars.values()):
+      raise TrainingDiverged(
+          f"Training diverged: the validation loss at epoch {epoch} (step {self.step}) is "
+          f"{scalars['val/loss']}; no checkpoint of it was written. Lower --config.optim.lr and "
+          "rerun with the same workdir to resume from the last checkpoint.")
     self.writer.write_scalars(self.step, {**scalars, "train/epoch": epoch})
     loss, top1 = scalars["val/loss"], scalars["val/top1"]
     if self.config.optim.plateau.enabled and host.plateau.update(loss):
@@ -192,16 +247,24 @@ class Trainer:
                  host.best_val_top1, " -> early stop" if host.stopped_early else "")
 
   def save_latest(self) -> None:
+    """Saves a 'latest' checkpoint, after checking that everything in it is finite."""
+    self._check_finite()
     self.host.wall_seconds = self.wall_before + time.perf_counter() - self.session_start
-    self.ckpts.save_latest(self.step, self.state, self.host.to_json(), self.train_iter)
+    meta = {**self.host.to_json(), "train_metrics": metrics.to_json(self.train_metrics)}
+    self.ckpts.save_latest(self.step, self.state, meta, self.train_iter)
+    self.saved_step = self.step
 
-  def test_best(self, images_per_sec: float | None) -> dict[str, Any]:
-    """Evaluates the best checkpoint on test; writes results.json and TensorBoard summaries."""
+  def test_best(self) -> dict[str, Any] | None:
+    """Evaluates the best checkpoint on test; writes results.json and TensorBoard summaries.
+    None when a stop signal interrupted the evaluation."""
     restored = self.ckpts.restore_best(self.state.variables)
     if restored is None:
-      raise RuntimeError(f"No best checkpoint in {self.workdir}/checkpoints/best to test.")
+      raise NotFoundError(
+          f"No best checkpoint in {self.workdir}/checkpoints/best to test: no validation ran.")
     best, best_meta = restored
-    test = self.evaluate(best.weights(), "test")
+    test = self.evaluate(best.weights(), "test", self.stop.requested)
+    if test is None:
+      return None
     confusion = np.asarray(jax.device_get(test.confusion.compute()))
     scalars = metrics.scalars(test, "test")
     results = {
@@ -214,10 +277,13 @@ class Trainer:
         "steps": self.step,
         "stopped_early": self.host.stopped_early,
         "wall_time_sec": self.host.wall_seconds,
-        "train_images_per_sec": images_per_sec,
+        "train_images_per_sec": self.host.train_images_per_sec,
     }
     if best.ema is not None:
-      ema = metrics.scalars(self.evaluate(best.weights(ema=True), "test"), "test_ema")
+      ema = self.evaluate(best.weights(ema=True), "test", self.stop.requested)
+      if ema is None:
+        return None
+      ema = metrics.scalars(ema, "test_ema")
       results["test_ema"] = {k.split("/")[1]: v for k, v in ema.items()}
       scalars.update(ema)
     self.writer.write_scalars(self.step, scalars)
@@ -230,23 +296,40 @@ class Trainer:
                  ", ".join(f"{c['class']} ({c['accuracy']:.2f})" for c in hardest))
     return results
 
+  def close(self) -> None:
+    """Stops the input workers and frees the shared memory of their batches (batches still
+    referenced from reference cycles would otherwise outlive the run: Python's resource
+    tracker then reports them as leaked), and flushes TensorBoard."""
+    close(self.train_iter)
+    gc.collect()
+    self.writer.flush()
+
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
   """Trains (resuming from `workdir` if it holds a checkpoint), then tests the best model.
 
   Returns the results also written to <workdir>/results.json, or None when a signal or
-  train.stop_at_step stopped the run early (its checkpoint saved, ready to resume).
+  train.stop_at_step stopped the run first (its checkpoint saved: rerunning resumes, or
+  goes straight to the test evaluation when training had finished).
   """
   config = resolve_config(config)
   os.makedirs(workdir, exist_ok=True)
-  with checkpoint.Checkpoints(workdir, config.checkpoint) as ckpts:
-    trainer = Trainer(config, workdir, ckpts)
-    interrupted, images_per_sec = trainer.train()
-    ckpts.wait()
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(checkpoint.WorkdirLock(workdir))
+    stop = stack.enter_context(checkpoint.StopSignal())
+    ckpts = stack.enter_context(checkpoint.Checkpoints(workdir, config.checkpoint))
+    trainer = Trainer(config, workdir, ckpts, stop)
+    stack.callback(trainer.close)
     results = None
-    if not interrupted and config.eval.test_at_end:
-      results = trainer.test_best(images_per_sec)
-    trainer.writer.flush()
-  if not interrupted:
-    logging.info("Done: %s", workdir)
+    if trainer.train():
+      ckpts.wait()
+      ckpts.check_saves()
+      if config.eval.test_at_end and not parallel.any_process(stop.requested()):
+        results = trainer.test_best()
+      if config.eval.test_at_end and results is None:
+        logging.info("Stopping before the test evaluation; rerun with the same workdir to run it.")
+        return None
+    else:
+      return None
+  logging.info("Done: %s", workdir)
   return results

@@ -20,11 +20,11 @@ num_processes=$1
 shift
 python=${PYTHON:-python3}
 devices=${DEVICES_PER_PROCESS:-1}
-port=${PORT:-$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
-log_dir=${LOG_DIR:-$(mktemp -d -t efficientnet_jax_processes.XXXXXX)}
-mkdir -p "$log_dir"
 repo=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+port=${PORT:-$("$python" -m efficientnet_jax.ports)}
+log_dir=${LOG_DIR:-$(mktemp -d -t efficientnet_jax_processes.XXXXXX)}
+mkdir -p "$log_dir"
 export JAX_PLATFORMS=cpu
 export XLA_FLAGS="--xla_force_host_platform_device_count=$devices ${XLA_FLAGS:-}"
 

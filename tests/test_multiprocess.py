@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from test_train_configs import load_config
 
-from efficientnet_jax import checkpoint, data, parallel, train
+from efficientnet_jax import checkpoint, data, parallel, ports, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo.py")
@@ -206,9 +206,7 @@ print(json.dumps({"train": train, "counted": counted, "labels": labels, "agree":
 def test_each_process_reads_a_disjoint_share_and_evaluation_covers_every_example(demo_env):
   config = demo_config()
   data.ensure_prepared(config.data)
-  port = subprocess.run([sys.executable, "-c", "import socket; s = socket.socket(); "
-                         "s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"],
-                        capture_output=True, text=True, check=True).stdout.strip()
+  port = ports.free_port()
   env = {**demo_env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
          "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), ROOT])}
   procs = [subprocess.Popen([sys.executable, "-c", SHARE_SCRIPT, f"127.0.0.1:{port}", str(i)],

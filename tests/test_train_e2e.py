@@ -178,8 +178,9 @@ def _rewrite_in_the_layout_before_variables(workdir, config):
     shutil.rmtree(os.path.join(workdir, "checkpoints", "latest", str(step)))
   with checkpoint.Checkpoints(workdir, config.checkpoint) as ckpts:
     ckpts.save_latest(step, trainer.state.legacy(), trainer.host.to_json(), trainer.train_iter)
-  with checkpoint.Checkpoints(workdir, config.checkpoint) as ckpts:
-    assert checkpoint.VARIABLES not in ckpts._saved_state_keys(step)  # pylint: disable=protected-access
+  saved = checkpoint._saved_tree(  # pylint: disable=protected-access
+      checkpoint.item_path(checkpoint.manager_dir(workdir, "latest"), step, "state"))
+  assert checkpoint.VARIABLES not in saved and "params" in saved
 
 
 def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(demo_data, tmp_path):
@@ -219,7 +220,7 @@ def test_class_count_mismatch_names_the_field(demo_data, tmp_path):
 
 
 def test_channel_mismatch_names_both_fields(demo_data, tmp_path):
-  with pytest.raises(ValueError, match="model.in_channels=1 but data.channels=3"):
+  with pytest.raises(ValueError, match="model.in_channels=1 but config.data.channels=3"):
     train.train_and_evaluate(demo_config(**{"model.in_channels": 1}), str(tmp_path))
 
 
