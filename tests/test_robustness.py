@@ -349,3 +349,49 @@ def test_runs_leave_no_shared_memory_and_print_only_our_lines(demo_data, tmp_pat
   while _our_shared_memory() - before and time.time() < deadline:
     time.sleep(1)
   assert not (_our_shared_memory() - before)
+
+
+# --- kill -9 anywhere, rerun: the same results as an uninterrupted run -----------------------
+
+
+# Two epochs, a checkpoint every other step: many writes for a kill to land in.
+CRASH = ("--config.train.num_epochs=2", "--config.checkpoint.every_steps=2",
+         "--config.train.log_every_steps=1")
+
+
+def _run_to_completion(workdir, env):
+  proc = subprocess.run(_main(workdir, *CRASH), cwd=ROOT, capture_output=True, text=True, env=env,
+                        timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.load(open(os.path.join(workdir, "results.json")))
+
+
+def _weights(workdir):
+  model = run_model.load_trained(workdir, "latest").model
+  return jax.tree.leaves(nnx.state(model, nnx.Param)) + jax.tree.leaves(
+      nnx.state(model, nnx.BatchStat))
+
+
+def test_kill_9_at_random_points_then_rerunning_gives_the_uninterrupted_results(tmp_path):
+  env = _env(EFFICIENTNET_JAX_DEMO_DATA=str(tmp_path / "data"))  # Prepared by the first run.
+  crashed = str(tmp_path / "crashed")
+  rng = np.random.default_rng(0)
+  # Where each kill lands: a random delay (seconds) after a line: during preparation, around
+  # the saves of the first epoch's end, after a validation.
+  for marker in ("Preparing", " step 6/", "epoch 1/2 validation"):
+    delay = rng.uniform(0.0, 1.5)
+    proc = subprocess.Popen(_main(crashed, *CRASH), cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    for line in proc.stderr:
+      if marker in line:
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGKILL)
+        break
+    proc.wait(timeout=300)
+    assert proc.returncode in (-signal.SIGKILL, 0), proc.returncode
+  results = _run_to_completion(crashed, env)
+  straight = _run_to_completion(str(tmp_path / "straight"), env)
+  for key in ("test", "best_checkpoint", "steps", "epochs", "stopped_early"):
+    assert results[key] == straight[key], key
+  for ours, theirs in zip(_weights(crashed), _weights(str(tmp_path / "straight")), strict=True):
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
