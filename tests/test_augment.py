@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-from efficientnet_jax.config import get_config
 from efficientnet_jax.data import augment, erasing, pipeline, synthetic, transforms as T
 from efficientnet_jax.data.augment_ops import Op, apply_photometric, warp_matrix
+from test_data_pipeline import config  # noqa: F401 (fixture: a prepared synthetic copy)
 
 
 def _pixels(mode="RGB", low=0, high=256, size=(19, 13), seed=0):
@@ -281,25 +281,14 @@ def test_noise_levels_are_the_quantized_clipped_normal():
 # --- the pipeline: same batches for any worker count ------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cars(tmp_path_factory):
-  root = tmp_path_factory.mktemp("cars")
-  synthetic.make_synthetic_cars(str(root / "raw"), layout="official", num_classes=2,
-                                per_class_train=6, per_class_test=1, size=(40, 30))
-  c = get_config().data
-  c.dir, c.tfds_dir = str(root / "raw"), str(root / "tfds")
-  c.image_size, c.workers, c.read_threads = 16, 0, 0
-  c.erase_prob = 0.7
-  pipeline.num_examples(c, "train")  # Prepares once for the module.
-  return c
-
-
 @pytest.mark.parametrize("policy", ["randaugment", "trivialaugment", "autoaugment"])
-def test_policies_and_erasing_do_not_depend_on_the_worker_count(cars, policy):
+def test_policies_and_erasing_do_not_depend_on_the_worker_count(request, policy):
+  prepared = request.getfixturevalue("config")  # test_data_pipeline's synthetic copy.
   batches = {}
   for workers in (0, 2):
-    c = cars.copy_and_resolve_references()
-    c.auto_augment, c.workers, c.ra_magnitude = policy, workers, 10
+    c = prepared.copy_and_resolve_references()
+    c.image_size, c.auto_augment, c.ra_magnitude, c.erase_prob = 16, policy, 10, 0.7
+    c.workers = workers
     it = pipeline.train_iterator(c, global_batch_size=4, seed=5, process_index=0,
                                  process_count=1)
     try:
@@ -325,3 +314,17 @@ def test_colour_ops_after_the_jitter_join_its_matrix(monkeypatch):
   out = apply_photometric(image, [Op("color", 0.5), Op("rotate", 9), Op("color", 1.4)], jitter)
   assert len(converts) == 1  # One matrix pass for all three.
   assert _diff(out, expected) <= 3
+
+
+def test_input_benchmark_times_each_policy_against_the_first():
+  from efficientnet_jax.benchmarks import input as input_benchmark
+
+  policies = ["none", "randaugment", "autoaugment+erasing"]
+  result = input_benchmark.policy_rates([_record()], T.Options(image_size=16), policies, n=4,
+                                        rounds=2)
+  assert list(result) == policies and result["none"]["relative_cost"] == 1.0
+  assert all(r["img_s"] > 0 and r["relative_cost"] > 0 for r in result.values())
+  options = input_benchmark.policy_options(T.Options(), "trivialaugment+erasing")
+  assert (options.auto_augment, options.erase_prob) == ("trivialaugment", input_benchmark.ERASE_PROB)
+  with pytest.raises(SystemExit, match="--policies: unknown policy 'augmix'"):
+    input_benchmark.policy_options(T.Options(), "augmix")

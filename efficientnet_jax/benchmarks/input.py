@@ -8,9 +8,9 @@ similar bits per pixel) and prepares them in a temporary folder. It reports:
      time per stage of the train transform (decode, warp, colour, array);
   2. the full pipeline (read, transform, batch) with --workers processes, total and per
      worker;
-  3. each train policy of --policies (automatic augmentation, random erasing) in
-     alternating rounds over the same records and seeds: images per second of CPU time
-     and the cost per image relative to the first policy.
+  3. each train policy of --policies (automatic augmentation, random erasing), every image
+     through all of them in turn: images per second of CPU time and the cost per image
+     relative to the first policy.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from efficientnet_jax.config import get_config as default_config
-from efficientnet_jax.data import augment, pipeline, preparation, records, synthetic, transforms as T
+from efficientnet_jax.data import pipeline, preparation, records, synthetic, transforms as T
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,43 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                  help="Train policies timed on one core, comma-separated: none, "
                  "randaugment, trivialaugment or autoaugment, each optionally +erasing "
                  f"(erase_prob {ERASE_PROB} unless --set gives one); empty: skip.")
-  p.add_argument("--rounds", type=int, default=3, help="Alternating rounds of --policies.")
+  p.add_argument("--rounds", type=int, default=3, help="Rounds of --images per policy.")
   return p
-
-
-DEFAULT_POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment", "none+erasing",
-                    "randaugment+erasing")
-ERASE_PROB = 0.25  # timm's recipes.
-
-
-def policy_options(options: T.Options, policy: str) -> T.Options:
-  """`options` with the automatic augmentation and erasing of `policy` ('name[+erasing]')."""
-  name, _, extra = policy.partition("+")
-  if name not in augment.POLICIES or extra not in ("", "erasing"):
-    raise SystemExit(f"--policies: unknown policy {policy!r}; use one of "
-                     f"{', '.join(augment.POLICIES)}, optionally +erasing.")
-  erase_prob = (options.erase_prob or ERASE_PROB) if extra else 0.0
-  return dataclasses.replace(options, auto_augment=name, erase_prob=erase_prob)
-
-
-def policy_rates(records: Sequence[dict], options: T.Options, policies: Sequence[str], n: int,
-                 rounds: int) -> dict:
-  """Train images per second of this thread's CPU time (immune to other processes sharing
-  the core) of each policy, `rounds` alternating rounds of `n` images, and each round's time
-  per image relative to the first policy's: medians and min-max."""
-  transforms = {p: T.TrainTransform(policy_options(options, p)) for p in policies}
-  rates: dict[str, list[float]] = {p: [] for p in policies}
-  for _ in range(rounds):
-    for policy, transform in transforms.items():
-      rates[policy].append(_rate(lambda i, t=transform: t.random_map(
-          records[i % len(records)], np.random.default_rng(i)), n, time.thread_time))
-  result = {}
-  for policy, values in rates.items():
-    cost = [r0 / r for r0, r in zip(rates[policies[0]], values)]
-    result[policy] = {"img_s": float(np.median(values)), "img_s_range": (min(values), max(values)),
-                      "relative_cost": float(np.median(cost)),
-                      "relative_cost_range": (min(cost), max(cost))}
-  return result
 
 
 def add_data_args(p: argparse.ArgumentParser, synthetic_images: int) -> None:
@@ -144,12 +109,12 @@ def _staged_train(options: T.Options, record: dict, rng: np.random.Generator,
   return array
 
 
-def _rate(fn: Callable[[int], object], n: int, clock: Callable[[], float] = time.perf_counter) -> float:
+def _rate(fn: Callable[[int], object], n: int) -> float:
   fn(0)  # Warm-up.
-  start = clock()
+  start = time.perf_counter()
   for i in range(n):
     fn(i)
-  return n / (clock() - start)
+  return n / (time.perf_counter() - start)
 
 
 def single_core(records: Sequence[dict], options: T.Options, n: int) -> dict:
@@ -191,6 +156,45 @@ def through_pipeline(config, batch: int, batches: int) -> dict:
           "img_s_per_worker": rate / max(workers, 1)}
 
 
+DEFAULT_POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment", "none+erasing",
+                    "randaugment+erasing")
+ERASE_PROB = 0.25  # timm's recipes.
+
+
+def policy_options(options: T.Options, policy: str) -> T.Options:
+  """`options` with the automatic augmentation and erasing of `policy` ('name[+erasing]')."""
+  name, _, extra = policy.partition("+")
+  if name not in T.augment.POLICIES or extra not in ("", "erasing"):
+    raise SystemExit(f"--policies: unknown policy {policy!r}; use one of "
+                     f"{', '.join(T.augment.POLICIES)}, optionally +erasing.")
+  erase_prob = (options.erase_prob or ERASE_PROB) if extra else 0.0
+  return dataclasses.replace(options, auto_augment=name, erase_prob=erase_prob)
+
+
+def policy_rates(records: Sequence[dict], options: T.Options, policies: Sequence[str], n: int,
+                 rounds: int) -> dict:
+  """Train images per second of CPU time (this thread's: immune to other processes sharing
+  the core) of each policy, and its time per image relative to the first policy's: medians
+  and min-max over `rounds` rounds of `n` images. Each image goes through every policy in
+  turn (rotating the order), so all see the same records, seeds and machine load."""
+  transforms = [T.TrainTransform(policy_options(options, p)) for p in policies]
+  seconds = np.zeros((rounds, len(policies)))
+  for r in range(rounds):
+    for i in range(n):
+      for k in np.roll(np.arange(len(policies)), i):
+        start = time.thread_time()
+        transforms[k].random_map(records[i % len(records)], np.random.default_rng(i))
+        seconds[r, k] += time.thread_time() - start
+  result = {}
+  for k, policy in enumerate(policies):
+    rates, cost = n / seconds[:, k], seconds[:, k] / seconds[:, 0]
+    result[policy] = {"img_s": float(np.median(rates)),
+                      "img_s_range": (float(rates.min()), float(rates.max())),
+                      "relative_cost": float(np.median(cost)),
+                      "relative_cost_range": (float(cost.min()), float(cost.max()))}
+  return result
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   args = _parser().parse_args(argv)
   policies = [p for p in args.policies.split(",") if p]
@@ -223,8 +227,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   print(f"pipeline   {pipe['workers']} workers: {pipe['img_s']:7.0f} img/s total, "
         f"{pipe['img_s_per_worker']:.0f} per worker (startup {pipe['startup_s']:.1f} s)")
   if policies:
-    print(f"train policies, img/s of one core's CPU time, {args.rounds} alternating rounds of "
-          f"{args.images} images (median, min-max); cost per image relative to {policies[0]}:")
+    print(f"train policies, img/s of one core's CPU time, {args.rounds} rounds of "
+          f"{args.images} images, each through every policy (median, min-max); cost per image "
+          f"relative to {policies[0]}:")
   for policy, r in result["policies"].items():
     print(f"  {policy:22s} {r['img_s']:6.0f} img/s ({r['img_s_range'][0]:.0f}-"
           f"{r['img_s_range'][1]:.0f})   x{r['relative_cost']:.2f} "

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from efficientnet_jax.data.augment_ops import Op
+from efficientnet_jax.data.augment_ops import ENHANCE, Op
 
 POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment")
 MAX_MAGNITUDE = 10.0  # timm's _LEVEL_DENOM: magnitude 10 is each op's full range.
@@ -27,7 +27,6 @@ _RAND_OPS = ("autocontrast", "equalize", "invert", "rotate", "posterize", "solar
              "solarize_add", "color", "contrast", "brightness", "sharpness", "shear_x",
              "shear_y", "translate_x", "translate_y")
 _RAND_OP_PROB = 0.5
-_ENHANCE = ("brightness", "color", "contrast", "sharpness")
 
 _TRIVIAL_OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate",
                 "brightness", "color", "contrast", "sharpness", "posterize", "solarize",
@@ -112,7 +111,7 @@ def _rand_op(name: str, level: float, rng: np.random.Generator,
     return Op(name, _signed(rng, 0.3 * level))
   if name in ("translate_x", "translate_y"):
     return Op(name, _signed(rng, 0.45 * level) * size[name == "translate_y"])
-  if name in _ENHANCE:
+  if name in ENHANCE:
     return Op(name, max(0.1, 1.0 + _signed(rng, 0.9 * level)))
   if name == "posterize":
     return Op(name, 4 - int(4 * level))
@@ -135,7 +134,7 @@ def _binned(name: str, index: int, bins: int, rng: np.random.Generator,
   if name in ("translate_x", "translate_y"):
     extent = 32.0 if wide else 150 / 331 * size[name == "translate_y"]
     return Op(name, float(int(_signed(rng, extent * f))))
-  if name in _ENHANCE:
+  if name in ENHANCE:
     return Op(name, 1.0 + _signed(rng, (0.99 if wide else 0.9) * f))
   if name == "posterize":
     return Op(name, 8 - int(np.round(f * (6 if wide else 4))))

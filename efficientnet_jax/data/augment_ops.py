@@ -35,6 +35,7 @@ GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
 PHOTOMETRIC = ("brightness", "color", "contrast", "sharpness", "posterize", "solarize",
                "solarize_add", "autocontrast", "equalize", "invert")
 OPS = ("identity", *GEOMETRIC, *PHOTOMETRIC)
+ENHANCE = ("brightness", "color", "contrast", "sharpness")  # Blend factors: 1 = identity.
 _LEVELS = np.arange(256)
 
 
@@ -65,13 +66,19 @@ def translation(tx: float, ty: float) -> np.ndarray:
 def geometric_matrix(op: Op, size: tuple[int, int]) -> np.ndarray:
   """The 3x3 forward map (source -> output pixels) of one geometric op on a `size` image."""
   width, height = size
-  if op.name == "rotate":
-    return translation(width / 2, height / 2) @ rotation(op.value) @ translation(
-        -width / 2, -height / 2)
-  matrices = {"shear_x": lambda v: shear(v), "shear_y": lambda v: shear(0.0, v),
-              "translate_x": lambda v: translation(v, 0.0),
-              "translate_y": lambda v: translation(0.0, v)}
-  return matrices[op.name](op.value)
+  match op.name:
+    case "rotate":
+      centre = translation(width / 2, height / 2)
+      return centre @ rotation(op.value) @ np.linalg.inv(centre)
+    case "shear_x":
+      return shear(op.value)
+    case "shear_y":
+      return shear(0.0, op.value)
+    case "translate_x":
+      return translation(op.value, 0.0)
+    case "translate_y":
+      return translation(0.0, op.value)
+  raise ValueError(f"{op.name!r} is not a geometric op; those are {GEOMETRIC}.")
 
 
 def warp_matrix(ops: Sequence[Op], size: tuple[int, int]) -> np.ndarray:
@@ -112,7 +119,7 @@ def sharpness(image: Image.Image, factor: float) -> Image.Image:
   total += 4 * x16[1:-1, 1:-1]
   smooth = x.copy()  # total / 13 is never within 1/26 of a half: float32 rounds it exactly.
   smooth[1:-1, 1:-1] = (total * np.float32(2) + np.float32(13)) * np.float32(1 / 26)
-  return Image.blend(Image.fromarray(smooth, image.mode), image, factor)
+  return Image.blend(Image.fromarray(smooth), image, factor)
 
 
 # --- lookup tables (one row of 256 per band), as PIL computes them ----------------------
@@ -216,12 +223,14 @@ class _Pending:
     return self.image
 
   def _apply_lut(self) -> None:
-    if self.lut is not None:
-      self.image, self.lut, self._histogram = self.image.point(self.lut.reshape(-1).tolist()), None, None
+    if self.lut is not None and not (self.lut == _LEVELS).all():
+      self.image, self._histogram = self.image.point(self.lut.reshape(-1).tolist()), None
+    self.lut = None
 
   def _apply_matrix(self) -> None:
-    if self.matrix is not None:
-      self.image, self.matrix, self._histogram = apply_colour(self.image, self.matrix), None, None
+    if self.matrix is not None and not np.array_equal(self.matrix, np.eye(3, 4)):
+      self.image, self._histogram = apply_colour(self.image, self.matrix), None
+    self.matrix = None
 
 
 def apply_photometric(image: Image.Image, ops: Sequence[Op],
@@ -230,7 +239,7 @@ def apply_photometric(image: Image.Image, ops: Sequence[Op],
   (others are skipped), to an L/RGB image."""
   pixels = _Pending(image, matrix)
   for op in ops:
-    if op.name in ("identity", *GEOMETRIC):
+    if op.name in ("identity", *GEOMETRIC) or (op.name in ENHANCE and op.value == 1):
       continue
     if op.name == "color":
       pixels.mix(saturation(op.value))
