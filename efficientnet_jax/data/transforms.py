@@ -73,16 +73,20 @@ class Options:
   erase_mode: str = "pixel"
   eval_resize: str = "square"
   crop_pct: float = 1.0
-  mean: tuple[float, ...] = (0.470, 0.460, 0.455)  # Normalization (pixels / 255 units) of
-  std: tuple[float, ...] = (0.267, 0.266, 0.270)  # the channels, for the erasing fills.
+  # The device's normalization of the channels (pixels / 255 units), for the erasing fills:
+  # config.data's mean/std, or gray_mean/gray_std with one channel.
+  mean: tuple[float, ...] = (0.470, 0.460, 0.455)
+  std: tuple[float, ...] = (0.267, 0.266, 0.270)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> Options:
     """Reads the fields of config.data that this module uses and checks them."""
+    # pipeline imports this module.
     from efficientnet_jax.data.pipeline import normalization  # pylint: disable=g-import-not-at-top
 
-    values = {f.name: config[f.name] for f in dataclasses.fields(cls) if f.name not in ("mean", "std")}
-    values["mean"], values["std"] = normalization(config)
+    values = {f.name: config[f.name] for f in dataclasses.fields(cls)
+              if f.name not in ("mean", "std")}
+    values["mean"], values["std"] = normalization(config)  # Of the configured channels.
     values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in values.items()}
     options = cls(**values)
     area, aspect, count = options.erase_area, options.erase_aspect, options.erase_count
@@ -99,9 +103,12 @@ class Options:
          f"[0, {augment.MAX_MAGNITUDE:g}]"),
         ("ra_magnitude_std", options.ra_magnitude_std >= 0, ">= 0 (inf: uniform in [0, m])"),
         ("erase_prob", 0 <= options.erase_prob <= 1, "[0, 1]"),
-        ("erase_area", _pair(area) and 0 < area[0] <= area[1] <= 1, "(min, max), 0 < min <= max <= 1"),
-        ("erase_aspect", _pair(aspect) and 0 < aspect[0] <= aspect[1], "(min, max), 0 < min <= max"),
-        ("erase_count", _pair(count) and 1 <= count[0] <= count[1], "(min, max), 1 <= min <= max"),
+        ("erase_area", _pair(area) and 0 < area[0] <= area[1] <= 1,
+         "(min, max), 0 < min <= max <= 1"),
+        ("erase_aspect", _pair(aspect) and 0 < aspect[0] <= aspect[1],
+         "(min, max), 0 < min <= max"),
+        ("erase_count", _pair(count) and 1 <= count[0] <= count[1],
+         "(min, max), 1 <= min <= max"),
         ("erase_mode", options.erase_mode in erasing.MODES, erasing.MODES),
     ]
     for name, ok, allowed in checks:
