@@ -53,6 +53,22 @@ def _data() -> ml_collections.ConfigDict:
   d.contrast = 0.2  # Color jitter: factor in [1 - c, 1 + c].
   d.saturation = 0.2  # Color jitter: factor in [1 - s, 1 + s] (RGB only).
   d.hue = 0.02  # Color jitter: shift within +-hue of a full turn (RGB only).
+  # Automatic augmentation on top of the above (efficientnet_jax/data/augment.py): its
+  # geometric ops join the one warp, its photometric ops follow the colour jitter.
+  # "none", "randaugment" (timm's rand-m9-mstd0.5-inc1 with the ra_* fields),
+  # "trivialaugment" (torchvision's TrivialAugmentWide) or "autoaugment" (ImageNet policy).
+  d.auto_augment = "none"
+  d.ra_num_ops = 2  # randaugment: ops drawn per image (with replacement), each applied p=0.5.
+  d.ra_magnitude = 9.0  # randaugment: strength in [0, 10] (10 = each op's full range).
+  d.ra_magnitude_std = 0.5  # randaugment: N(0, std) noise per op (inf: uniform in [0, m]).
+  # Random erasing (timm's RandomErasing, efficientnet_jax/data/erasing.py), last.
+  d.erase_prob = 0.0  # Probability per image; 0 = off (timm recipes: 0.25).
+  d.erase_area = (0.02, 1 / 3)  # Erased fraction of the image (all boxes together).
+  d.erase_aspect = (0.3, 1 / 0.3)  # Box height / width, log-uniform in this range.
+  d.erase_count = (1, 1)  # Boxes per erased image, uniform in [min, max].
+  # Fill: "pixel" (per-pixel noise, N(0, 1) after normalization), "rand" (one such colour
+  # per box) or "const" (the mean colour, 0 after normalization).
+  d.erase_mode = "pixel"
   # Evaluation geometry.
   d.eval_resize = "square"  # "square" (whole image; the original) or "shorter_side" (keep aspect).
   d.crop_pct = 1.0  # Central fraction kept at eval (timm-style weights use 0.875).

@@ -1,6 +1,8 @@
 """Decode/augment transforms: one warp, seeded, identity-preserving, colour as one matrix."""
 
+import dataclasses
 import io
+import re
 
 import ml_collections
 import numpy as np
@@ -132,3 +134,28 @@ def test_mean_rgb_of_rgb_and_gray_images():
   pixels[:2] = (200, 100, 0)
   np.testing.assert_allclose(T.mean_rgb(Image.fromarray(pixels)), [100, 50, 0], atol=1)
   np.testing.assert_allclose(T.mean_rgb(Image.new("L", (3, 3), 77)), [77, 77, 77])
+
+
+def _options_config(**overrides):
+  """A config.data with every Options field at its default, then `overrides`."""
+  fields = {f.name: getattr(T.Options(), f.name) for f in dataclasses.fields(T.Options)}
+  return ml_collections.ConfigDict({**fields, **overrides})
+
+
+@pytest.mark.parametrize("field,value", [
+    ("auto_augment", "augmix"), ("ra_num_ops", -1), ("ra_magnitude", 11), ("ra_magnitude_std", -1),
+    ("erase_prob", 1.5), ("erase_area", (0.5, 0.2)), ("erase_area", 0.3), ("erase_aspect", (0, 1)),
+    ("erase_count", (0, 2)), ("erase_mode", "zeros")])
+def test_from_config_rejects_bad_augmentation_values_by_name(field, value):
+  config = _options_config(**{field: value})
+  with pytest.raises(DataError, match="^" + re.escape(f"config.data.{field}={value!r}; allowed: ")):
+    T.Options.from_config(config)
+
+
+def test_from_config_takes_the_erasing_normalization_of_the_channels():
+  config = _options_config(channels=1, gray_mean=(0.4,), gray_std=(0.2,))
+  options = T.Options.from_config(config)
+  assert (options.eraser.mean, options.eraser.std) == ((0.4,), (0.2,))
+  out = T.TrainTransform(dataclasses.replace(options, erase_prob=1.0, image_size=16)).random_map(
+      _record(_image()), np.random.default_rng(0))
+  assert out["image"].shape == (16, 16, 1)

@@ -7,7 +7,10 @@ similar bits per pixel) and prepares them in a temporary folder. It reports:
   1. one core, records already in memory: train and eval transforms, with the share of
      time per stage of the train transform (decode, warp, colour, array);
   2. the full pipeline (read, transform, batch) with --workers processes, total and per
-     worker.
+     worker;
+  3. each train policy of --policies (automatic augmentation, random erasing), every image
+     through all of them in turn: images per second of CPU time and the cost per image
+     relative to the first policy.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--batches", type=int, default=20, help="Timed pipeline batches.")
   p.add_argument("--images", type=int, default=300, help="Timed single-core images.")
   p.add_argument("--json", default="", help="Also write the results to this file.")
+  p.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
+                 help="Train policies timed on one core, comma-separated: none, "
+                 "randaugment, trivialaugment or autoaugment, each optionally +erasing "
+                 f"(erase_prob {ERASE_PROB} unless --set gives one); empty: skip.")
+  p.add_argument("--rounds", type=int, default=3, help="Rounds of --images per policy.")
   return p
 
 
@@ -148,8 +156,50 @@ def through_pipeline(config, batch: int, batches: int) -> dict:
           "img_s_per_worker": rate / max(workers, 1)}
 
 
+DEFAULT_POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment", "none+erasing",
+                    "randaugment+erasing")
+ERASE_PROB = 0.25  # timm's recipes.
+
+
+def policy_options(options: T.Options, policy: str) -> T.Options:
+  """`options` with the automatic augmentation and erasing of `policy` ('name[+erasing]')."""
+  name, _, extra = policy.partition("+")
+  if name not in T.augment.POLICIES or extra not in ("", "erasing"):
+    raise SystemExit(f"--policies: unknown policy {policy!r}; use one of "
+                     f"{', '.join(T.augment.POLICIES)}, optionally +erasing.")
+  erase_prob = (options.erase_prob or ERASE_PROB) if extra else 0.0
+  return dataclasses.replace(options, auto_augment=name, erase_prob=erase_prob)
+
+
+def policy_rates(records: Sequence[dict], options: T.Options, policies: Sequence[str], n: int,
+                 rounds: int) -> dict:
+  """Train images per second of CPU time (this thread's: immune to other processes sharing
+  the core) of each policy, and its time per image relative to the first policy's: medians
+  and min-max over `rounds` rounds of `n` images. Each image goes through every policy in
+  turn (rotating the order), so all see the same records, seeds and machine load."""
+  transforms = [T.TrainTransform(policy_options(options, p)) for p in policies]
+  seconds = np.zeros((rounds, len(policies)))
+  for r in range(rounds):
+    for i in range(n):
+      for k in np.roll(np.arange(len(policies)), i):
+        start = time.thread_time()
+        transforms[k].random_map(records[i % len(records)], np.random.default_rng(i))
+        seconds[r, k] += time.thread_time() - start
+  result = {}
+  for k, policy in enumerate(policies):
+    rates, cost = n / seconds[:, k], seconds[:, k] / seconds[:, 0]
+    result[policy] = {"img_s": float(np.median(rates)),
+                      "img_s_range": (float(rates.min()), float(rates.max())),
+                      "relative_cost": float(np.median(cost)),
+                      "relative_cost_range": (float(cost.min()), float(cost.max()))}
+  return result
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   args = _parser().parse_args(argv)
+  policies = [p for p in args.policies.split(",") if p]
+  for policy in policies:
+    policy_options(T.Options(), policy)  # Checks the names before anything is prepared.
   with tempfile.TemporaryDirectory() as workdir:
     config = data_config(args, workdir)
     dataset_dir = preparation.ensure_prepared(config)
@@ -161,8 +211,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "dataset_dir": dataset_dir,
         "mean_jpeg_kb": float(sizes.mean() / 1e3),
         "image_size": args.image_size,
-        "single_core": single_core(samples, options, args.images),
+        "single_core": single_core(samples, dataclasses.replace(
+            options, auto_augment="none", erase_prob=0.0), args.images),
         "pipeline": through_pipeline(config, min(args.batch, len(reader)), args.batches),
+        "policies": policy_rates(samples, options, policies, args.images, args.rounds)
+                    if policies else {},
     }
   core, pipe = result["single_core"], result["pipeline"]
   print(f"data: {dataset_dir} (mean JPEG {result['mean_jpeg_kb']:.0f} kB), output "
@@ -173,6 +226,14 @@ def main(argv: Sequence[str] | None = None) -> None:
       for k, v in core["train_ms_per_stage"].items()))
   print(f"pipeline   {pipe['workers']} workers: {pipe['img_s']:7.0f} img/s total, "
         f"{pipe['img_s_per_worker']:.0f} per worker (startup {pipe['startup_s']:.1f} s)")
+  if policies:
+    print(f"train policies, img/s of one core's CPU time, {args.rounds} rounds of "
+          f"{args.images} images, each through every policy (median, min-max); cost per image "
+          f"relative to {policies[0]}:")
+  for policy, r in result["policies"].items():
+    print(f"  {policy:22s} {r['img_s']:6.0f} img/s ({r['img_s_range'][0]:.0f}-"
+          f"{r['img_s_range'][1]:.0f})   x{r['relative_cost']:.2f} "
+          f"({r['relative_cost_range'][0]:.2f}-{r['relative_cost_range'][1]:.2f})")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(result, f, indent=2)

@@ -1,7 +1,9 @@
 """Decode and augment one record with PIL, in uint8 throughout.
 
 Train: decode (JPEG `draft` shrinks in libjpeg) -> ONE affine warp combining crop/resize,
-flip, rotation, translation, zoom and shear -> colour jitter as ONE 3x4 colour matrix.
+flip, rotation, translation, zoom and shear, and the geometric ops of the automatic policy
+(data.auto_augment) -> colour jitter as ONE 3x4 colour matrix -> the policy's photometric
+ops (augment_ops) -> random erasing (erasing).
 Eval: decode -> antialiased resize of a central box. Both return {'image': uint8 [H, W, C],
 'label': int32}; the per-record RNG comes from Grain (`random_map`), so results do not
 depend on the number of workers.
@@ -19,6 +21,10 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from efficientnet_jax.data import augment, erasing
+from efficientnet_jax.data.augment_ops import (GRAY, apply_photometric, rotation, saturation,
+                                              shear, warp_matrix)
+from efficientnet_jax.data.augment_ops import apply_colour  # noqa: F401 (T.apply_colour)
 from efficientnet_jax.data.errors import DataError
 
 RESAMPLING = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
@@ -26,7 +32,6 @@ RESAMPLING = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.
 TRAIN_CROPS = ("resize", "random_resized_crop")
 TRAIN_WARPS = ("supersample", *RESAMPLING)
 EVAL_RESIZES = ("square", "shorter_side")
-_GRAY = np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma, as PIL and torchvision.
 _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
                         [0.211, -0.523, 0.312]])
 
@@ -58,15 +63,34 @@ class Options:
   contrast: float = 0.0
   saturation: float = 0.0
   hue: float = 0.0
+  auto_augment: str = "none"
+  ra_num_ops: int = 2
+  ra_magnitude: float = 9.0
+  ra_magnitude_std: float = 0.5
+  erase_prob: float = 0.0
+  erase_area: tuple[float, float] = (0.02, 1 / 3)
+  erase_aspect: tuple[float, float] = (0.3, 1 / 0.3)
+  erase_count: tuple[int, int] = (1, 1)
+  erase_mode: str = "pixel"
   eval_resize: str = "square"
   crop_pct: float = 1.0
+  # The device's normalization of the channels (pixels / 255 units), for the erasing fills:
+  # config.data's mean/std, or gray_mean/gray_std with one channel.
+  mean: tuple[float, ...] = (0.470, 0.460, 0.455)
+  std: tuple[float, ...] = (0.267, 0.266, 0.270)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> Options:
     """Reads the fields of config.data that this module uses and checks them."""
-    values = {f.name: config[f.name] for f in dataclasses.fields(cls)}
+    # pipeline imports this module.
+    from efficientnet_jax.data.pipeline import normalization  # pylint: disable=g-import-not-at-top
+
+    values = {f.name: config[f.name] for f in dataclasses.fields(cls)
+              if f.name not in ("mean", "std")}
+    values["mean"], values["std"] = normalization(config)  # Of the configured channels.
     values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in values.items()}
     options = cls(**values)
+    area, aspect, count = options.erase_area, options.erase_aspect, options.erase_count
     checks = [
         ("interpolation", options.interpolation in RESAMPLING, tuple(RESAMPLING)),
         ("train_crop", options.train_crop in TRAIN_CROPS, TRAIN_CROPS),
@@ -74,6 +98,19 @@ class Options:
         ("eval_resize", options.eval_resize in EVAL_RESIZES, EVAL_RESIZES),
         ("channels", options.channels in (1, 3), (1, 3)),
         ("crop_pct", 0 < options.crop_pct <= 1, "(0, 1]"),
+        ("auto_augment", options.auto_augment in augment.POLICIES, augment.POLICIES),
+        ("ra_num_ops", options.ra_num_ops >= 0, ">= 0"),
+        ("ra_magnitude", 0 <= options.ra_magnitude <= augment.MAX_MAGNITUDE,
+         f"[0, {augment.MAX_MAGNITUDE:g}]"),
+        ("ra_magnitude_std", options.ra_magnitude_std >= 0, ">= 0 (inf: uniform in [0, m])"),
+        ("erase_prob", 0 <= options.erase_prob <= 1, "[0, 1]"),
+        ("erase_area", _pair(area) and 0 < area[0] <= area[1] <= 1,
+         "(min, max), 0 < min <= max <= 1"),
+        ("erase_aspect", _pair(aspect) and 0 < aspect[0] <= aspect[1],
+         "(min, max), 0 < min <= max"),
+        ("erase_count", _pair(count) and 1 <= count[0] <= count[1],
+         "(min, max), 1 <= min <= max"),
+        ("erase_mode", options.erase_mode in erasing.MODES, erasing.MODES),
     ]
     for name, ok, allowed in checks:
       if not ok:
@@ -83,6 +120,20 @@ class Options:
   @property
   def mode(self) -> str:
     return "RGB" if self.channels == 3 else "L"
+
+  @property
+  def policy(self) -> augment.Policy:
+    return augment.Policy(self.auto_augment, self.ra_num_ops, self.ra_magnitude,
+                          self.ra_magnitude_std)
+
+  @property
+  def eraser(self) -> erasing.Erasing:
+    return erasing.Erasing(self.erase_prob, self.erase_area, self.erase_aspect,
+                           self.erase_count, self.erase_mode, self.mean, self.std)
+
+
+def _pair(value: Any) -> bool:
+  return isinstance(value, tuple) and len(value) == 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +146,7 @@ class Geometry:
   translate: tuple[float, float] = (0.0, 0.0)  # Output pixels.
   scale: float = 1.0
   shear: float = 0.0  # Degrees (x-shear).
+  post: np.ndarray | None = None  # 3x3 forward map in output pixels applied last (policy).
 
 
 # --- decoding ---------------------------------------------------------------------------
@@ -200,21 +252,20 @@ def sample_geometry(rng: np.random.Generator, area: Box, options: Options) -> Ge
 
 def forward_matrix(geometry: Geometry, out_size: tuple[int, int]) -> np.ndarray:
   """3x3 map from source to output pixel coordinates: box->output, flip, then the affine
-  part (rotation, shear, zoom about the output centre, then translation)."""
+  part (rotation, shear, zoom about the output centre, then translation), then `post`."""
   x0, y0, x1, y1 = geometry.box
   out_w, out_h = out_size
   fit = np.array([[out_w / (x1 - x0), 0, -x0 * out_w / (x1 - x0)],
                   [0, out_h / (y1 - y0), -y0 * out_h / (y1 - y0)], [0, 0, 1]])
   flip = np.array([[-1, 0, out_w], [0, 1, 0], [0, 0, 1]]) if geometry.flip else np.eye(3)
-  a, s = math.radians(geometry.angle), math.radians(geometry.shear)
-  rotate = np.array([[math.cos(a), math.sin(a), 0], [-math.sin(a), math.cos(a), 0], [0, 0, 1]])
-  shear = np.array([[1, -math.tan(s), 0], [0, 1, 0], [0, 0, 1]])
   zoom = np.diag([geometry.scale, geometry.scale, 1.0])
   cx, cy = out_w / 2, out_h / 2
   to_centre = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1]])
   back = np.array([[1, 0, cx + geometry.translate[0]], [0, 1, cy + geometry.translate[1]],
                    [0, 0, 1]])
-  return back @ rotate @ shear @ zoom @ to_centre @ flip @ fit
+  affine = (back @ rotation(geometry.angle) @ shear(math.tan(math.radians(geometry.shear))) @
+            zoom @ to_centre @ flip @ fit)
+  return affine if geometry.post is None else geometry.post @ affine
 
 
 def warp(image: Image.Image, geometry: Geometry, out_size: tuple[int, int], method: str,
@@ -252,10 +303,10 @@ def colour_matrix(rng: np.random.Generator, mean_rgb: np.ndarray, options: Optio
     steps.append(lambda m: m * b)
   if options.contrast:
     c = rng.uniform(1 - options.contrast, 1 + options.contrast)
-    steps.append(lambda m: _blend(m, c, np.full(3, _GRAY @ (m @ np.append(mean_rgb, 1)))))
+    steps.append(lambda m: _blend(m, c, np.full(3, GRAY @ (m @ np.append(mean_rgb, 1)))))
   if options.saturation and options.channels == 3:
     s = rng.uniform(1 - options.saturation, 1 + options.saturation)
-    steps.append(lambda m: s * m + (1 - s) * np.outer(np.ones(3), _GRAY @ m))
+    steps.append(lambda m: saturation(s) @ m)
   if options.hue and options.channels == 3:
     h = rng.uniform(-options.hue, options.hue) * 2 * math.pi
     rot = np.array([[1, 0, 0], [0, math.cos(h), -math.sin(h)], [0, math.sin(h), math.cos(h)]])
@@ -271,15 +322,6 @@ def _blend(matrix: np.ndarray, factor: float, towards: np.ndarray) -> np.ndarray
   blended = factor * matrix
   blended[:, 3] += (1 - factor) * towards
   return blended
-
-
-def apply_colour(image: Image.Image, matrix: np.ndarray) -> Image.Image:
-  """Applies a 3x4 colour matrix (RGB) or its gray-to-gray part (L) in C."""
-  if image.mode == "RGB":
-    return image.convert("RGB", tuple(matrix.reshape(-1)))
-  gain, offset = float(matrix[0, :3].sum()), float(matrix[0, 3])
-  lut = np.clip(np.arange(256) * gain + offset + 0.5, 0, 255).astype(np.uint8)
-  return image.point(lut.tolist())
 
 
 def mean_rgb(image: Image.Image) -> np.ndarray:
@@ -305,6 +347,8 @@ class TrainTransform(grain.transforms.RandomMap):
 
   def __init__(self, options: Options):
     self.options = options
+    self.policy = options.policy
+    self.eraser = options.eraser
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     o = self.options
@@ -312,11 +356,13 @@ class TrainTransform(grain.transforms.RandomMap):
     image = open_image(element["image"], element["file_name"])
     area = region(image.size, element["bbox"] if o.crop_to_bbox else None, o.bbox_margin)
     geometry = sample_geometry(rng, area, o)
+    ops = self.policy.sample(rng, out)
     image, box = load(image, o.mode, geometry.box, out, o.jpeg_draft, element["file_name"])
-    image = warp(image, dataclasses.replace(geometry, box=box), out, o.train_warp, o.fill)
-    if has_colour_jitter(o):
-      image = apply_colour(image, colour_matrix(rng, mean_rgb(image), o))
-    return {"image": to_array(image), "label": np.int32(element["label"])}
+    geometry = dataclasses.replace(geometry, box=box, post=warp_matrix(ops, out) if ops else None)
+    image = warp(image, geometry, out, o.train_warp, o.fill)
+    jitter = colour_matrix(rng, mean_rgb(image), o) if has_colour_jitter(o) else None
+    image = apply_photometric(image, ops, jitter)  # Colour ops right after join the jitter.
+    return {"image": self.eraser(rng, to_array(image)), "label": np.int32(element["label"])}
 
 
 def eval_box(area: Box, options: Options) -> Box:
