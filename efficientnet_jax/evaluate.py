@@ -75,9 +75,7 @@ def misclassified(trained: run_model.TrainedModel, config: ml_collections.Config
   found = []
   if limit <= 0:
     return found
-  for batch in data.eval_iterator(config.data, split, global_batch_size=config.eval.batch_size,
-                                  process_index=jax.process_index(),
-                                  process_count=jax.process_count()):
+  for batch in data.eval_iterator(config.data, split, global_batch_size=config.eval.batch_size):
     probs, _ = forward(batch["image"])
     predicted = probs.argmax(-1)
     for i in np.flatnonzero(batch["mask"] & (predicted != batch["label"])):

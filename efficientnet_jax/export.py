@@ -105,22 +105,23 @@ def preprocessing(convention: InputConvention) -> dict[str, Any]:
   """What the caller does before the graph: decode, resize and crop to uint8 pixels."""
   size, crop = convention.image_size, convention.crop_pct
   resized = round(size / crop)
+  crop = f", then centre-crop {size}x{size}" if resized != size else ""
   if convention.resize == "square":
-    how = (f"resize the whole image to {resized}x{resized} (aspect ratio not kept), then "
-           f"centre-crop {size}x{size}")
+    how = f"resize the whole image to {resized}x{resized} (aspect ratio not kept){crop}"
   else:
-    how = f"resize the shorter side to {resized} (aspect ratio kept), then centre-crop {size}x{size}"
+    how = f"resize the shorter side to {resized} (aspect ratio kept){crop}"
   return {"image_size": size, "resize": convention.resize, "crop_pct": crop,
           "interpolation": convention.interpolation,
           "channels": "RGB" if len(convention.mean) == 3 else "grayscale",
           "description": f"Decode to {'RGB' if len(convention.mean) == 3 else 'grayscale'} "
-                         f"uint8, {how} ({convention.interpolation}, antialiased as PIL)."}
+                         f"uint8; {how}; {convention.interpolation}, antialiased as PIL's "
+                         "resize."}
 
 
 def _write_weights(classifier: predict.Classifier, output: str) -> None:
   model = classifier.model
   state = nnx.state(model, (nnx.Param, nnx.BatchStat))
-  tensors = {"/".join(map(str, path)): np.asarray(jax.device_get(v.value), np.float32)
+  tensors = {"/".join(map(str, path)): np.asarray(jax.device_get(v.get_value()), np.float32)
              for path, v in nnx.to_flat_state(state)}
   save_weights(PortedWeights(
       arch=model.options.arch, padding=model.options.padding,
@@ -254,8 +255,9 @@ def export(classifier: predict.Classifier, fmt: str, output: str, *, dtype: str 
     raise ValueError(f"--format={fmt!r}: unknown export format; use one of {', '.join(FORMATS)}.")
   _check_output(output)
   model_dtype = classifier.model.options.dtype
-  dtype = compute_dtype(fmt, dtype, model_dtype) if fmt != "weights" else "float32"
-  model = with_dtype(classifier.model, dtype)
+  # Weights are float32 parameters: whoever loads them picks the compute dtype.
+  dtype = compute_dtype(fmt, dtype, model_dtype) if fmt != "weights" else None
+  model = with_dtype(classifier.model, dtype or "float32")
   convention = classifier.convention
   shape = input_shape(convention)
   metadata = {
@@ -298,7 +300,7 @@ def export(classifier: predict.Classifier, fmt: str, output: str, *, dtype: str 
       diff = float(np.abs(run_artifact(staging, images) - expected).max())
       metadata["verification"] = {
           "runtime": RUNTIMES[fmt], "images": len(images), "max_abs_logit_diff": diff,
-          "against": f"the JAX model computing in {dtype}"}
+          "against": f"the JAX model computing in {dtype or 'float32'}"}
       _write_json(os.path.join(staging, EXPORT_FILE), metadata)
     if os.path.isdir(output):
       os.rmdir(output)  # Empty (checked above).
@@ -316,11 +318,12 @@ def _write_json(path: str, obj: Any) -> None:
 def describe(metadata: dict[str, Any], output: str) -> str:
   """The console lines of an export."""
   fmt = metadata["export_format"]
+  dtype, trained = metadata["compute_dtype"], metadata["trained_dtype"]
   lines = [f"Exported {fmt} to {output} ({metadata['size_bytes'] / 1e6:.1f} MB, "
            f"{metadata['export_seconds']:.1f} s): {metadata['arch']}, "
-           f"{metadata['num_classes']} classes, {metadata['compute_dtype']} compute"
-           + (f" (trained in {metadata['trained_dtype']})"
-              if metadata["trained_dtype"] != metadata["compute_dtype"] else "")]
+           f"{metadata['num_classes']} classes, "
+           + ("float32 parameters" if dtype is None else f"{dtype} compute"
+              + (f" (trained in {trained})" if trained != dtype else ""))]
   if fmt != "weights":
     shape = metadata["input"]["shape"]
     lines.append(f"  input '{INPUT}': uint8 [batch, {shape[1]}, {shape[2]}, {shape[3]}] NHWC, "

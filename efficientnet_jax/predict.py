@@ -243,7 +243,7 @@ def main(argv: list[str]) -> int:
   paths, errors = expand_inputs(argv[1:])
   classifier = load_classifier(workdir=FLAGS.workdir, weights=FLAGS.weights,
                                checkpoint=FLAGS.checkpoint, ema=FLAGS.ema)
-  for error in errors:
+  for error in errors:  # After the model loaded: a bad --workdir is the one error then.
     print(f"Error: {error}", file=sys.stderr)
   predictions, failed, changed = [], len(errors), []
   for result in predict(classifier, paths, top_k=FLAGS.top_k, batch_size=FLAGS.batch_size,

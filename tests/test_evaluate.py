@@ -85,7 +85,7 @@ def test_flip_tta_is_checked_against_its_definition_and_reported_with_the_change
   report = evaluate.evaluate_run(workdir, ema=True, tta="flip", num_misclassified=0)
 
   top1, loss = _flip_tta_metrics(workdir, ema=True)
-  assert report["tta"] == "flip" and report["top1"] == top1
+  assert report["tta"] == "flip" and report["top1"] == pytest.approx(top1, abs=1e-6)
   assert report["loss"] == pytest.approx(loss, abs=1e-5)
   assert report["without_tta"]["top1"] == results["test_ema"]["top1"]
   assert report["without_tta"]["loss"] == pytest.approx(results["test_ema"]["loss"], rel=1e-6)
