@@ -12,8 +12,13 @@ import logging as logging_lib
 import os
 import sys
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from absl import app, flags
+
+if TYPE_CHECKING:
+  from efficientnet_jax.run_model import TrainedModel
+
 
 def quiet_startup() -> None:
   """Silences library start-up chatter; call before JAX or TensorFlow is imported."""
@@ -88,7 +93,7 @@ def define_checkpoint_flags() -> None:
 
 
 def load_run(workdir: str, checkpoint: str | int = "best", *, ema: bool = False,
-             depthwise: str | None = None):
+             depthwise: str | None = None) -> TrainedModel:
   """run_model.load_trained, with one-line errors naming the flag to fix."""
   from efficientnet_jax import run_model  # pylint: disable=g-import-not-at-top
 

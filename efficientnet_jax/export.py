@@ -103,14 +103,14 @@ def input_shape(convention: InputConvention) -> tuple[int, int, int]:
 
 def preprocessing(convention: InputConvention) -> dict[str, Any]:
   """What the caller does before the graph: decode, resize and crop to uint8 pixels."""
-  size, crop = convention.image_size, convention.crop_pct
-  resized = round(size / crop)
+  size = convention.image_size
+  resized = round(size / convention.crop_pct)
   crop = f", then centre-crop {size}x{size}" if resized != size else ""
   if convention.resize == "square":
     how = f"resize the whole image to {resized}x{resized} (aspect ratio not kept){crop}"
   else:
     how = f"resize the shorter side to {resized} (aspect ratio kept){crop}"
-  return {"image_size": size, "resize": convention.resize, "crop_pct": crop,
+  return {"image_size": size, "resize": convention.resize, "crop_pct": convention.crop_pct,
           "interpolation": convention.interpolation,
           "channels": "RGB" if len(convention.mean) == 3 else "grayscale",
           "description": f"Decode to {'RGB' if len(convention.mean) == 3 else 'grayscale'} "

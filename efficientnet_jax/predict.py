@@ -38,7 +38,7 @@ from flax import nnx  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from efficientnet_jax import run_model, steps  # noqa: E402
-from efficientnet_jax.data import transforms  # noqa: E402
+from efficientnet_jax.data import DataError, transforms  # noqa: E402
 from efficientnet_jax.models import EfficientNet  # noqa: E402
 from efficientnet_jax.weights import InputConvention, create_pretrained, resolve_weights  # noqa: E402
 
@@ -77,7 +77,7 @@ class Classifier:
   model: EfficientNet
   convention: InputConvention  # value_range (0, 1): mean/std in units of pixels / 255.
   class_names: tuple[str, ...]
-  preprocess: Callable[[str], np.ndarray]  # Image file -> uint8 [S, S, C].
+  preprocess: Callable[[str], np.ndarray] | None  # Image file -> uint8 [S, S, C].
   origin: dict[str, Any]  # {'workdir', 'checkpoint', 'step', 'ema'} or {'weights'}.
 
 
@@ -185,7 +185,9 @@ def _read(classifier: Classifier, path: str) -> np.ndarray | str:
   try:
     return classifier.preprocess(path)
   except (OSError, ValueError, Image.DecompressionBombError) as e:
-    return f"{path}: cannot read this image ({cli.one_line(e)}); skipped."
+    # The data pipeline's DataError advises re-preparing a dataset: give PIL's reason only.
+    reason = e.__cause__ if isinstance(e, DataError) and e.__cause__ else e
+    return f"{path}: cannot read this image ({cli.one_line(reason)}); skipped."
 
 
 def predict(classifier: Classifier, paths: Sequence[str], *, top_k: int = 5,

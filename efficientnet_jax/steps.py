@@ -86,9 +86,9 @@ def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) ->
 
 
 def check_tta(tta: str) -> str:
+  """`tta` if it is one of TTA_MODES."""
   if tta not in TTA_MODES:
-    raise ValueError(f"Unknown test-time augmentation tta={tta!r} (flag --tta); use one of "
-                     f"{TTA_MODES}.")
+    raise ValueError(f"Unknown test-time augmentation tta={tta!r}; use one of {TTA_MODES}.")
   return tta
 
 

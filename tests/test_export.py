@@ -71,6 +71,7 @@ def test_float32_export_matches_jax_logits_with_a_dynamic_batch(fmt, lite0, phot
   assert saved == json.loads(json.dumps(metadata))
   assert saved["input"]["shape"] == [None, SIZE, SIZE, 3] and saved["input"]["dtype"] == "uint8"
   assert saved["input"]["normalization"]["mean"] == pytest.approx(lite0.convention.mean)
+  assert saved["input"]["preprocessing"]["crop_pct"] == lite0.convention.crop_pct
   assert saved["input"]["preprocessing"]["description"].startswith(
       "Decode to RGB uint8; resize the shorter side to 73 (aspect ratio kept), then centre-crop 64x64")
   assert saved["class_names"][281] == "tabby, tabby cat" and saved["compute_dtype"] == "float32"
