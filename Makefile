@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test,torch]'
+	$(PIP) install -q -e '.[test,torch,export]'
 	$(PIP) install -q --no-deps geffnet==1.0.2
 	touch $@
 

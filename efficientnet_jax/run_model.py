@@ -24,6 +24,7 @@ from efficientnet_jax.weights.convention import InputConvention
 from efficientnet_jax.errors import ConfigError, NotFoundError
 
 MODEL_FILE = "model.json"
+CONFIG_FILE = "config.json"  # The run's resolved config (summaries.write_run_info).
 FORMAT = "efficientnet_jax.run_model/1"
 INPUT_CONVENTIONS = ("weights", "config")
 CHECKPOINTS = ("best", "latest")
@@ -109,6 +110,21 @@ class TrainedModel:
   def normalize(self, images: Any) -> jax.Array:
     """uint8 [N, H, W, C] images -> the model's float32 input."""
     return steps.normalize(images, self.convention.mean, self.convention.std)
+
+
+def is_workdir(path: str) -> bool:
+  """Whether `path` is a training run's workdir (it holds model.json)."""
+  return os.path.isfile(os.path.join(path, MODEL_FILE))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config run `workdir` was trained with (its config.json)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: {workdir!r} is not a training workdir, or its "
+                            "run has not started (config.json is written when training starts).")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
 
 
 def read_model_file(workdir: str) -> dict[str, Any]:

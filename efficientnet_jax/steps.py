@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 from efficientnet_jax import metrics, optim, parallel
 
 Batch = dict[str, jax.Array]
+TTA_MODES = ("none", "flip")  # Test-time augmentation: none, or the image and its horizontal flip.
 
 
 @flax.struct.dataclass
@@ -84,6 +85,29 @@ def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) ->
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
+def check_tta(tta: str) -> str:
+  """`tta` if it is one of TTA_MODES."""
+  if tta not in TTA_MODES:
+    raise ValueError(f"Unknown test-time augmentation tta={tta!r}; use one of {TTA_MODES}.")
+  return tta
+
+
+def tta_views(model: nnx.Module, images: jax.Array, tta: str = "none") -> jax.Array:
+  """Logits [V, N, classes] of each test-time view of normalized NHWC `images`, view 0 the
+  images as given: 'none' one view, 'flip' also their horizontal flips (one forward pass)."""
+  if check_tta(tta) == "none":
+    return model(images)[None]
+  return model(jnp.concatenate([images, images[:, :, ::-1]])).reshape(2, images.shape[0], -1)
+
+
+def combine_views(views: jax.Array) -> jax.Array:
+  """The logits of several views [V, N, classes]: log of their mean softmax probabilities
+  (a single view's logits unchanged)."""
+  if views.shape[0] == 1:
+    return views[0]
+  return jax.nn.logsumexp(jax.nn.log_softmax(views, axis=-1), axis=0) - jnp.log(views.shape[0])
+
+
 @dataclasses.dataclass(frozen=True)
 class CompiledSteps:
   """The jitted steps of one model on one mesh (see `build`).
@@ -112,12 +136,13 @@ class CompiledSteps:
 
 def build(model: nnx.Module, optim_config: ml_collections.ConfigDict, mesh: Mesh, *,
           mean: Sequence[float], std: Sequence[float], steps_per_epoch: int,
-          num_epochs: int) -> tuple[CompiledSteps, TrainState]:
+          num_epochs: int, tta: str = "none") -> tuple[CompiledSteps, TrainState]:
   """The compiled steps of `model` trained by `optim_config` (config.optim) on `mesh`, and
   the initial train state replicated over it.
 
   mean/std: the input normalization (x / 255 - mean) / std. steps_per_epoch and num_epochs
-  set the learning-rate schedule.
+  set the learning-rate schedule. tta: the eval step's test-time augmentation (TTA_MODES):
+  'flip' scores the log of the mean softmax of each image and its horizontal flip.
   """
   graphdef, params, batch_stats, rngs = split_model(model)
   tx = optim.create_optimizer(optim_config, params)
@@ -133,7 +158,8 @@ def build(model: nnx.Module, optim_config: ml_collections.ConfigDict, mesh: Mesh
                   mean=mean, std=std, ema_decay=ema_decay),
       donate_argnums=0, out_shardings=(repl, repl))
   eval_step = jax.jit(
-      _eval_step(graphdef, label_smoothing=optim_config.label_smoothing, mean=mean, std=std),
+      _eval_step(graphdef, label_smoothing=optim_config.label_smoothing, mean=mean, std=std,
+                 tta=check_tta(tta)),
       out_shardings=repl)
   compiled = CompiledSteps(graphdef, parallel.replicate(rngs, mesh), mesh, train, eval_step)
   return compiled, parallel.replicate(state, mesh)
@@ -180,14 +206,14 @@ def _train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
 
 def _eval_step(graphdef: nnx.GraphDef, *, label_smoothing: float, mean: Sequence[float],
-               std: Sequence[float]):
+               std: Sequence[float], tta: str = "none"):
   """eval_step(params, batch_stats, rngs, batch) -> metrics."""
 
   def eval_step(params: nnx.State, batch_stats: nnx.State, rngs: nnx.State,
                 batch: Batch) -> metrics.EvalMetrics:
     model = nnx.merge(graphdef, params, batch_stats, rngs)
     model.eval()
-    logits = model(normalize(batch["image"], mean, std))
+    logits = combine_views(tta_views(model, normalize(batch["image"], mean, std), tta))
     losses = optim.cross_entropy_loss(logits, batch["label"], label_smoothing)
     return metrics.EvalMetrics.single_from_model_output(
         loss=losses, logits=logits, labels=batch["label"], mask=batch["mask"])
