@@ -4,6 +4,8 @@ then resizing, labels and boxes kept, metadata, coexisting variants, resolution 
 import io
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -166,3 +168,17 @@ def test_storage_fields_are_checked_with_their_names():
   config.storage, config.storage_quality = "reduced", 0
   with pytest.raises(DataError, match="config.data.storage_quality=0"):
     Storage.from_config(config)
+
+
+def test_prepare_cli_flags_mirror_the_storage_fields(prepared, tmp_path):
+  _, root, _ = prepared
+  run = lambda *flags: subprocess.run(
+      [sys.executable, "-m", "efficientnet_jax.prepare", f"--dir={root / 'raw'}",
+       f"--tfds_dir={tmp_path}", "--bad_images=skip", *flags], capture_output=True, text=True,
+      check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  bad = run("--storage=reduced", "--storage_quality=0")
+  assert bad.returncode == 1 and bad.stderr.strip() == (
+      "config.data.storage_quality=0 must be in 1..100.")
+  done = run("--storage=decoded", "--storage_size=0", "--image_size=20")
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert preparation.stored_as(done.stdout.strip().splitlines()[-1]) == Storage("decoded", 23)
