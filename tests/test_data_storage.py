@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from efficientnet_jax.config import get_config
-from efficientnet_jax.data import layouts, pipeline, preparation, records, synthetic
+from efficientnet_jax.data import builder, layouts, pipeline, preparation, records, synthetic
 from efficientnet_jax.data import transforms as T
 from efficientnet_jax.data.errors import DataError
 from efficientnet_jax.data.storage import Storage, check_resolution
@@ -182,3 +182,19 @@ def test_prepare_cli_flags_mirror_the_storage_fields(prepared, tmp_path):
   done = run("--storage=decoded", "--storage_size=0", "--image_size=20")
   assert done.returncode == 0, done.stderr[-2000:]
   assert preparation.stored_as(done.stdout.strip().splitlines()[-1]) == Storage("decoded", 23)
+
+
+def test_decoded_shards_are_rewritten_uncompressed(tmp_path):
+  from array_record.python import array_record_module
+
+  path = str(tmp_path / "stanford_cars-train.array_record-00000-of-00001")
+  records_in = [bytes([i]) * 300_000 for i in range(5)]  # Compress to almost nothing.
+  writer = array_record_module.ArrayRecordWriter(path, "group_size:1")  # As TFDS writes.
+  for r in records_in:
+    writer.write(r)
+  writer.close()
+  assert os.path.getsize(path) < 300_000
+  builder.store_uncompressed(str(tmp_path))
+  assert os.path.getsize(path) >= 1_500_000 and os.listdir(tmp_path) == [os.path.basename(path)]
+  reader = array_record_module.ArrayRecordReader(path)
+  assert reader.read(list(range(5))) == records_in

@@ -41,13 +41,17 @@ def prepare(raw_dir: str, tfds_dir: str, *, bad_images: str = "error", threads: 
     return check_random_access(found)
   raw = layouts.read(detected)
   hide_gpus_from_tensorflow()
-  from efficientnet_jax.data.builder import StanfordCars  # pylint: disable=g-import-not-at-top
+  from efficientnet_jax.data import builder as builder_lib  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  builder = StanfordCars(raw=raw, storage=storage, bad_images=bad_images, threads=threads,
-                         data_dir=tfds_dir, file_format="array_record")
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=raw.root))
+  builder = builder_lib.StanfordCars(raw=raw, storage=storage, bad_images=bad_images,
+                                     threads=threads, data_dir=tfds_dir,
+                                     file_format="array_record")
+  if not builder.is_prepared():
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=raw.root))
+    if storage.kind == "decoded":
+      builder_lib.store_uncompressed(str(builder.data_dir))
   return str(builder.data_dir)
 
 
