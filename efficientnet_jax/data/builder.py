@@ -44,8 +44,7 @@ class StanfordCars(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._threads = threads
     self._storage = storage
     config = tfds.core.BuilderConfig(name=storage.name, description=storage.describe())
-    with _quiet_tfds_custom_config():
-      super().__init__(config=config, **kwargs)
+    super().__init__(config=config, **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -96,9 +95,10 @@ class StanfordCars(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 @contextlib.contextmanager
-def _quiet_tfds_custom_config():
-  """TFDS logs a warning for every builder config not listed in BUILDER_CONFIGS; ours are
-  made from the storage on purpose."""
+def quiet_tfds_lookups():
+  """Hides the warnings TFDS logs while a builder looks for its data: a builder config not
+  listed in BUILDER_CONFIGS (ours are made from the storage) and a config folder not
+  prepared yet (the reason to prepare)."""
   tfds_logger = logging.getLogger("absl")
   level = tfds_logger.level
   tfds_logger.setLevel(logging.ERROR)

@@ -44,10 +44,12 @@ def prepare(raw_dir: str, tfds_dir: str, *, bad_images: str = "error", threads: 
   from efficientnet_jax.data import builder as builder_lib  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  builder = builder_lib.StanfordCars(raw=raw, storage=storage, bad_images=bad_images,
-                                     threads=threads, data_dir=tfds_dir,
-                                     file_format="array_record")
-  if not builder.is_prepared():
+  with builder_lib.quiet_tfds_lookups():
+    builder = builder_lib.StanfordCars(raw=raw, storage=storage, bad_images=bad_images,
+                                       threads=threads, data_dir=tfds_dir,
+                                       file_format="array_record")
+    prepared = builder.is_prepared()
+  if not prepared:
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=raw.root))
     if storage.kind == "decoded":
