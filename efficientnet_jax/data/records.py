@@ -15,8 +15,9 @@ class PreparedSource:
   """Records of one prepared split (optionally a subset) as a Grain random-access source.
 
   Records are {'image': JPEG bytes, or uint8 [H, W, 3] pixels for storage 'decoded',
-  'label': int, 'bbox': float32 [ymin, xmin, ymax, xmax], 'file_name': str}. Picklable (the TFDS reader is reopened lazily in each worker process)
-  with a stable repr, as Grain's spawned workers need.
+  'label': int, 'bbox': float32 [ymin, xmin, ymax, xmax], 'file_name': str}. Picklable
+  (the TFDS reader is reopened lazily in each worker process) with a stable repr, as
+  Grain's spawned workers need.
   """
 
   def __init__(self, dataset_dir: str, split: str, indices: np.ndarray | None = None):

@@ -1,7 +1,8 @@
 """Decode and augment one record with PIL, in uint8 throughout.
 
-Train: decode (JPEG `draft` shrinks in libjpeg; stored pixels are wrapped) -> ONE affine warp combining crop/resize,
-flip, rotation, translation, zoom and shear -> colour jitter as ONE 3x4 colour matrix.
+Train: decode (JPEG `draft` shrinks in libjpeg; stored pixels are wrapped) -> ONE affine
+warp combining crop/resize, flip, rotation, translation, zoom and shear -> colour jitter
+as ONE 3x4 colour matrix.
 Eval: decode -> antialiased resize of a central box. Both return {'image': uint8 [H, W, C],
 'label': int32}; the per-record RNG comes from Grain (`random_map`), so results do not
 depend on the number of workers.
