@@ -27,6 +27,18 @@ def _data() -> ml_collections.ConfigDict:
   d.tfds_dir = "data/tfds"  # Prepared ArrayRecord data (written once, when missing).
   d.bad_images = "error"  # Unreadable image at preparation: "error" (list them) or "skip".
   d.prepare_threads = 0  # Threads decoding images at preparation (0 = all cores).
+  # How preparation stores images (efficientnet_jax/data/storage.py); each storage is its
+  # own copy under tfds_dir, and a run uses (or prepares) the one these three fields name.
+  # "original": the source JPEGs. "reduced": shorter side resized to storage_size
+  # (Lanczos), JPEG at storage_quality: 1/5 of the originals' size, half their decode time.
+  # "decoded": uint8 pixels at storage_size, uncompressed, nothing to decode: the fastest
+  # input (benchmark input; README "Feeding a GPU"), 0.29 MB per 700x480 image at 258 px
+  # (4.7 GB for Stanford Cars). A run whose image_size / eval crop_pct needs more pixels
+  # than stored stops with an error; random zoom/crops and crop_to_bbox beyond them log a
+  # warning (a mild upsample).
+  d.storage = "decoded"
+  d.storage_size = 0  # Stored shorter side in px; 0 = ceil(1.15 x image_size) (258 at 224).
+  d.storage_quality = 90  # JPEG quality of "reduced".
   # Splits.
   d.val_split = "train"  # "train": hold val_fraction out of train; "test": as the original study.
   d.val_fraction = 0.1  # Share of each class held out of train as validation.

@@ -121,7 +121,7 @@ def _get(config: ml_collections.ConfigDict, field: str) -> Any:
 
 def problems(config: ml_collections.ConfigDict) -> list[str]:
   """One line per field whose value cannot work (empty when all are fine)."""
-  from efficientnet_jax.data import pipeline, transforms  # pylint: disable=g-import-not-at-top
+  from efficientnet_jax.data import pipeline, storage, transforms  # pylint: disable=g-import-not-at-top
   from efficientnet_jax.run_model import model_options  # pylint: disable=g-import-not-at-top
 
   found = []
@@ -137,7 +137,8 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
     found.append(f"config.model.in_channels={config.model.in_channels} but config.data.channels="
                  f"{config.data.channels}: set both to 3 (RGB) or both to 1 (grayscale).")
   for check in (lambda: model_options(config), lambda: transforms.Options.from_config(config.data),
-                lambda: pipeline.normalization(config.data)):
+                lambda: pipeline.normalization(config.data),
+                lambda: storage.Storage.from_config(config.data)):
     try:
       check()
     except UserError as e:

@@ -1,5 +1,8 @@
 """The step benchmark's workers and report, on tiny shapes."""
 
+import json
+import subprocess
+
 import pytest
 
 from efficientnet_jax.benchmarks import step
@@ -31,3 +34,36 @@ def test_torch_worker_and_ratio_table():
   ratio = ours["train_img_s"]["median"] / ref["train_img_s"]["median"]
   assert f"{ratio:.2f}" in table.splitlines()[2]
   assert table.splitlines()[3].split()[-2:] == ["1.00", "1.00"]
+
+
+@pytest.mark.torch
+def test_torch_compile_contender_runs_beside_eager(monkeypatch, capsys):
+  import torch
+
+  modes = []
+  monkeypatch.setattr(torch, "compile", lambda model, mode: modes.append(mode) or model)
+  tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                             torch.nn.Flatten(), torch.nn.Linear(4, 1000))
+  monkeypatch.setattr(step, "_torch_model", lambda arch: (tiny, "tiny"))
+  result = step.run_torch(_args(), "max-autotune-no-cudagraphs")
+  assert modes == ["max-autotune-no-cudagraphs"] and result["compile_s"] > 0
+  assert result["name"] == "torch tiny channels_last compile=max-autotune-no-cudagraphs"
+  assert step.run_torch(_args())["name"] == "torch tiny channels_last eager" and len(modes) == 1
+
+  workers = []
+
+  def fake_run(command, **kwargs):  # Each contender's subprocess: eager is 2x faster.
+    worker = next(a.split("=")[1] for a in command if a.startswith("--worker="))
+    workers.append(worker)
+    seconds = {"jax": 1.0, "torch": 0.5, "torch_compile": 0.25}[worker]
+    row = dict(name=worker, device="cpu", compile_s=3.0, train_s=[seconds], eval_s=[seconds],
+               peak_bytes=1)
+    return subprocess.CompletedProcess(command, 0, stdout=json.dumps(row))
+
+  monkeypatch.setattr(step.subprocess, "run", fake_run)
+  step.main(["--arch=b0", "--res=32", "--vs-torch", "--torch-compile-mode=default"])
+  assert workers == ["jax", "torch", "torch_compile"]
+  rows = {line.split()[0]: line.split()[-2:] for line in capsys.readouterr().out.splitlines()
+          if line.split() and line.split()[0] in workers}
+  assert rows == {"jax": ["0.50", "0.50"], "torch": ["1.00", "1.00"],
+                  "torch_compile": ["2.00", "2.00"]}  # Ratios against eager torch.

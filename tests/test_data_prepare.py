@@ -80,7 +80,8 @@ def test_skip_policy_converts_odd_images_and_never_shifts_labels(tmp_path):
 
 def _config(tmp_path, data_dir, tfds_dir):
   return ml_collections.ConfigDict({"dir": str(data_dir), "tfds_dir": str(tfds_dir),
-                                    "bad_images": "error", "prepare_threads": 0})
+                                    "bad_images": "error", "prepare_threads": 0,
+                                    "storage": "original"})
 
 
 def test_ensure_prepared_prepares_once_and_accepts_prepared_tfds(tmp_path, monkeypatch):
@@ -89,7 +90,7 @@ def test_ensure_prepared_prepares_once_and_accepts_prepared_tfds(tmp_path, monke
                                        size=(16, 16))
   config = _config(tmp_path, root, tmp_path / "tfds")
   dataset_dir = preparation.ensure_prepared(config)
-  assert dataset_dir == str(tmp_path / "tfds" / "stanford_cars" / "1.0.0")
+  assert dataset_dir == str(tmp_path / "tfds" / "stanford_cars" / "original" / "1.0.0")
   monkeypatch.setattr(preparation, "prepare", lambda *a, **k: pytest.fail("prepared twice"))
   assert preparation.ensure_prepared(config) == dataset_dir
   # Layout 5: the prepared folder as the source of another run, nothing to prepare.

@@ -1,16 +1,19 @@
-"""Input benchmark: decode + augmentation images/s, per core and through the Grain pipeline.
+"""Input benchmark: decode + augmentation images/s per core, for each storage, side by side.
 
   python -m efficientnet_jax.benchmark input [--dir=DIR] [--workers=N] [--image_size=224]
+      [--storages=original,reduced,decoded] [--storage_size=0] [--repeats=3]
 
 Without --dir it writes synthetic ~700x480 JPEGs (the typical Stanford Cars size, at a
-similar bits per pixel) and prepares them in a temporary folder. It reports:
-  1. one core, records already in memory: train and eval transforms, with the share of
-     time per stage of the train transform (decode, warp, colour, array);
-  2. the full pipeline (read, transform, batch) with --workers processes, total and per
-     worker;
-  3. each train policy of --policies (automatic augmentation, random erasing), every image
-     through all of them in turn: images per second of CPU time and the cost per image
-     relative to the first policy.
+similar bits per pixel) and prepares them in a temporary folder, once per storage
+(efficientnet_jax.data.storage; the disk use and preparation time of each are reported).
+For each storage, in alternating rounds (medians reported), it measures:
+  1. one core, records already in memory: train and eval transforms, with the time per
+     stage of the train transform (decode, warp, colour, array);
+  2. the full pipeline (read, transform, batch) with --workers processes: train batches,
+     and one evaluation pass (batch / 4) over the held-out half of train; img/s per worker.
+Then, on the first storage's records, each train policy of --policies (automatic
+augmentation, random erasing), every image through all of them in turn: images per second
+of CPU time and the cost per image relative to the first policy.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import itertools
 import json
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +33,7 @@ import numpy as np
 
 from efficientnet_jax.config import get_config as default_config
 from efficientnet_jax.data import pipeline, preparation, records, synthetic, transforms as T
+from efficientnet_jax.data.storage import KINDS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--batches", type=int, default=20, help="Timed pipeline batches.")
   p.add_argument("--images", type=int, default=300, help="Timed single-core images.")
+  p.add_argument("--storages", default=",".join(KINDS),
+                 help=f"Comma-separated storages to compare: {', '.join(KINDS)}.")
+  p.add_argument("--storage_size", type=int, default=None,
+                 help="config.data.storage_size (default: the config's, 0 = 1.15 x image_size).")
+  p.add_argument("--storage_quality", type=int, default=None,
+                 help="config.data.storage_quality (default: the config's).")
+  p.add_argument("--repeats", type=int, default=3, help="Alternating rounds (medians reported).")
   p.add_argument("--json", default="", help="Also write the results to this file.")
   p.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
                  help="Train policies timed on one core, comma-separated: none, "
@@ -137,23 +150,49 @@ def single_core(records: Sequence[dict], options: T.Options, n: int) -> dict:
 
 
 def through_pipeline(config, batch: int, batches: int) -> dict:
-  """Images/s of the whole train pipeline with config.workers processes."""
-  it = pipeline.train_iterator(config, global_batch_size=batch, seed=0, process_index=0,
-                               process_count=1)
-  try:
-    start = time.perf_counter()
-    next(it)  # Starts the workers.
-    startup = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(batches):
+  """Images/s of the train pipeline, and of one evaluation pass over 'val', with
+  config.workers processes (the first batch, which starts the workers, is not timed)."""
+  def timed(it, limit: int | None) -> tuple[float, float]:
+    try:
+      start = time.perf_counter()
       next(it)
-    rate = batch * batches / (time.perf_counter() - start)
-  finally:
-    if hasattr(it, "close"):
+      startup, start, images = time.perf_counter() - start, time.perf_counter(), 0
+      for b in itertools.islice(it, limit):
+        images += int(b["mask"].sum()) if "mask" in b else len(b["label"])
+        last = time.perf_counter()  # Not the end of the pass: its workers' exit is slow.
+      return startup, images / (last - start)
+    finally:
       it.close()
-  workers = pipeline._workers(config)  # pylint: disable=protected-access
-  return {"workers": workers, "startup_s": startup, "img_s": rate,
-          "img_s_per_worker": rate / max(workers, 1)}
+
+  startup, train = timed(pipeline.train_iterator(config, global_batch_size=batch, seed=0,
+                                                 process_index=0, process_count=1), batches)
+  _, evaluate = timed(pipeline.eval_iterator(config, "val", global_batch_size=max(1, batch // 4),
+                                             process_index=0, process_count=1), None)
+  workers = max(pipeline._workers(config), 1)  # pylint: disable=protected-access
+  return {"workers": workers, "startup_s": startup, "img_s": train,
+          "img_s_per_worker": train / workers, "eval_img_s": evaluate,
+          "eval_img_s_per_worker": evaluate / workers}
+
+
+def prepared(config) -> dict:
+  """Prepares config's storage (timed) and returns its dataset folder, size and samples."""
+  start = time.perf_counter()
+  dataset_dir = preparation.ensure_prepared(config)
+  seconds = time.perf_counter() - start
+  reader = records.PreparedSource(dataset_dir, "train")
+  files = [os.path.join(dataset_dir, f) for f in os.listdir(dataset_dir)]
+  images = sum(len(records.split_labels(dataset_dir, s)) for s in ("train", "test"))
+  return {"dataset_dir": dataset_dir, "prepare_s": seconds,
+          "kb_per_image": sum(map(os.path.getsize, files)) / 1e3 / images,
+          "samples": [reader[i] for i in range(min(len(reader), 128))]}
+
+
+def _median_rounds(rounds: list[dict]) -> dict:
+  """Field-wise median of the rounds' nested dicts of numbers."""
+  first = rounds[0]
+  if isinstance(first, dict):
+    return {k: _median_rounds([r[k] for r in rounds]) for k in first}
+  return statistics.median(rounds)
 
 
 DEFAULT_POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment", "none+erasing",
@@ -200,43 +239,75 @@ def main(argv: Sequence[str] | None = None) -> None:
   policies = [p for p in args.policies.split(",") if p]
   for policy in policies:
     policy_options(T.Options(), policy)  # Checks the names before anything is prepared.
+  kinds = args.storages.split(",")
+  if unknown := [k for k in kinds if k not in KINDS]:
+    raise SystemExit(f"--storages: unknown {unknown}; choose from {KINDS}.")
   with tempfile.TemporaryDirectory() as workdir:
-    config = data_config(args, workdir)
-    dataset_dir = preparation.ensure_prepared(config)
-    reader = records.PreparedSource(dataset_dir, "train")
-    samples = [reader[i] for i in range(min(len(reader), 128))]
-    sizes = np.array([len(r["image"]) for r in samples])
-    options = T.Options.from_config(config)
-    result = {
-        "dataset_dir": dataset_dir,
-        "mean_jpeg_kb": float(sizes.mean() / 1e3),
-        "image_size": args.image_size,
-        "single_core": single_core(samples, dataclasses.replace(
-            options, auto_augment="none", erase_prob=0.0), args.images),
-        "pipeline": through_pipeline(config, min(args.batch, len(reader)), args.batches),
-        "policies": policy_rates(samples, options, policies, args.images, args.rounds)
-                    if policies else {},
-    }
-  core, pipe = result["single_core"], result["pipeline"]
-  print(f"data: {dataset_dir} (mean JPEG {result['mean_jpeg_kb']:.0f} kB), output "
-        f"{args.image_size}x{args.image_size}")
-  print(f"one core   train {core['train_img_s']:7.0f} img/s   eval {core['eval_img_s']:7.0f} img/s")
-  print("train ms/image by stage: " + ", ".join(
-      f"{k} {v:.2f} ({100 * core['train_stage_share'][k]:.0f}%)"
-      for k, v in core["train_ms_per_stage"].items()))
-  print(f"pipeline   {pipe['workers']} workers: {pipe['img_s']:7.0f} img/s total, "
-        f"{pipe['img_s_per_worker']:.0f} per worker (startup {pipe['startup_s']:.1f} s)")
+    base = data_config(args, workdir)
+    base.val_fraction = 0.5  # Evaluation passes over the held-out half of train.
+    configs, info = {}, {}
+    for kind in kinds:
+      configs[kind] = config = base.copy_and_resolve_references()
+      config.storage = kind
+      for field in ("storage_size", "storage_quality"):
+        if getattr(args, field) is not None:
+          config[field] = getattr(args, field)
+      info[kind] = prepared(config)
+    rounds: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    for _ in range(args.repeats):
+      for kind, config in configs.items():
+        options = dataclasses.replace(T.Options.from_config(config), auto_augment="none",
+                                      erase_prob=0.0)
+        rounds[kind].append({
+            "single_core": single_core(info[kind]["samples"], options, args.images),
+            "pipeline": through_pipeline(config, args.batch, args.batches)})
+    first = kinds[0]
+    policy_result = policy_rates(info[first]["samples"], T.Options.from_config(configs[first]),
+                                 policies, args.images, args.rounds) if policies else {}
+  result = {"image_size": args.image_size, "repeats": args.repeats, "storages": {
+      kind: {"storage": preparation.stored_as(info[kind]["dataset_dir"]).describe(),
+             **{k: v for k, v in info[kind].items() if k != "samples"},
+             **_median_rounds(rounds[kind])} for kind in kinds}, "policies": policy_result}
+  print(format_result(result))
   if policies:
-    print(f"train policies, img/s of one core's CPU time, {args.rounds} rounds of "
-          f"{args.images} images, each through every policy (median, min-max); cost per image "
-          f"relative to {policies[0]}:")
-  for policy, r in result["policies"].items():
+    print(f"train policies ({first} storage), img/s of one core's CPU time, {args.rounds} "
+          f"rounds of {args.images} images, each through every policy (median, min-max); cost "
+          f"per image relative to {policies[0]}:")
+  for policy, r in policy_result.items():
     print(f"  {policy:22s} {r['img_s']:6.0f} img/s ({r['img_s_range'][0]:.0f}-"
           f"{r['img_s_range'][1]:.0f})   x{r['relative_cost']:.2f} "
           f"({r['relative_cost_range'][0]:.2f}-{r['relative_cost_range'][1]:.2f})")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(result, f, indent=2)
+
+
+def format_result(result: dict) -> str:
+  """The printed report: one row per storage, ratios against the first storage."""
+  storages = result["storages"]
+  ref = next(iter(storages.values()))
+  workers = int(ref["pipeline"]["workers"])
+  header = (f"{'storage':<56}{'kB/img':>7}{'prep s':>7} | one core img/s: {'train':>6}"
+            f"{'eval':>7}{'train x':>8}{'eval x':>7} | per worker ({workers}): "
+            f"{'train':>6}{'eval':>7}")
+  lines = [f"output {result['image_size']}x{result['image_size']}, medians of "
+           f"{result['repeats']} alternating rounds; x = against {next(iter(storages))}",
+           header, "-" * len(header)]
+  for s in storages.values():
+    core, pipe = s["single_core"], s["pipeline"]
+    ratio = lambda key: core[key] / ref["single_core"][key]
+    lines.append(
+        f"{s['storage']:<56}{s['kb_per_image']:>7.1f}{s['prepare_s']:>7.1f} | "
+        f"{'':>15}{core['train_img_s']:>7.0f}{core['eval_img_s']:>7.0f}"
+        f"{ratio('train_img_s'):>8.2f}{ratio('eval_img_s'):>7.2f} | {'':>15}"
+        f"{pipe['img_s_per_worker']:>7.0f}{pipe['eval_img_s_per_worker']:>7.0f}")
+  lines.append("train ms/image by stage (one core):")
+  for kind, s in storages.items():
+    core = s["single_core"]
+    lines.append(f"  {kind:<9}" + ", ".join(
+        f"{k} {v:.2f} ({100 * core['train_stage_share'][k]:.0f}%)"
+        for k, v in core["train_ms_per_stage"].items()))
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 Each contender runs in its own subprocess (its own peak memory, its own thread pools):
 one per depthwise implementation of ours, and with --vs-torch the PyTorch reference
 (timm's `efficientnet_<arch>` when timm is installed, else geffnet's, the same modules),
-channels_last, bfloat16 autocast when --dtype=bfloat16. Both sides do the same work:
+channels_last, bfloat16 autocast when --dtype=bfloat16, eager (the ratios' reference) and
+under torch.compile (--torch-compile-mode; "" leaves it out). Both sides do the same work:
 uint8 NHWC batch -> normalize -> forward -> label-smoothed cross entropy -> backward ->
 AdamW. Compile time is reported apart; throughput is the median (and min-max) over
 --repeats timed runs of --steps steps each, after warm-up.
@@ -128,14 +129,18 @@ def _torch_model(arch: str) -> tuple[Any, str]:
   raise SystemExit("--vs-torch needs timm or geffnet (make venv-test installs geffnet).")
 
 
-def run_torch(args: argparse.Namespace) -> dict[str, Any]:
-  """Times the PyTorch reference: channels_last, eager, autocast for bfloat16."""
+def run_torch(args: argparse.Namespace, compile_mode: str = "") -> dict[str, Any]:
+  """Times the PyTorch reference: channels_last, autocast for bfloat16; eager, or the model
+  under torch.compile(mode=compile_mode), whose first train and eval steps (compilation,
+  one per mode) are timed as its compile time."""
   import torch
 
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   model, name = _torch_model(args.arch)
   model = model.to(device, memory_format=torch.channels_last)
   opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+  if compile_mode:
+    model = torch.compile(model, mode=compile_mode)
   loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
   mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
   std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
@@ -167,6 +172,11 @@ def run_torch(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda":
       torch.cuda.synchronize()
 
+  start = time.perf_counter()
+  if compile_mode:
+    sync(train())
+    sync(evaluate())
+  compile_s = time.perf_counter() - start
   for _ in range(args.warmup):
     sync(train())
     sync(evaluate())
@@ -176,7 +186,8 @@ def run_torch(args: argparse.Namespace) -> dict[str, Any]:
     peak, kind = torch.cuda.max_memory_allocated(), torch.cuda.get_device_name()
   else:
     peak, kind = _host_peak_bytes(), "cpu"
-  return dict(name=f"torch {name} channels_last", device=kind, compile_s=0.0,
+  mode = f" compile={compile_mode}" if compile_mode else " eager"
+  return dict(name=f"torch {name} channels_last{mode}", device=kind, compile_s=compile_s,
               train_s=train_times, eval_s=eval_times, peak_bytes=peak)
 
 
@@ -189,7 +200,7 @@ def _summarize(result: dict[str, Any], batch: int) -> dict[str, Any]:
 
 
 def format_table(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | None) -> str:
-  header = (f"{'contender':<44}{'compile s':>10}{'train img/s (min-max)':>26}"
+  header = (f"{'contender':<64}{'compile s':>10}{'train img/s (min-max)':>26}"
             f"{'eval img/s':>12}{'peak GB':>9}{'train x':>9}{'eval x':>8}")
   lines = [header, "-" * len(header)]
   for r in rows:
@@ -199,7 +210,7 @@ def format_table(rows: Sequence[dict[str, Any]], reference: dict[str, Any] | Non
       ratio_t = f"{t['median'] / reference['train_img_s']['median']:.2f}"
       ratio_e = f"{e['median'] / reference['eval_img_s']['median']:.2f}"
     spread = f"{t['median']:.1f} ({t['min']:.1f}-{t['max']:.1f})"
-    lines.append(f"{r['name']:<44}{r['compile_s']:>10.1f}{spread:>26}{e['median']:>12.1f}"
+    lines.append(f"{r['name']:<64}{r['compile_s']:>10.1f}{spread:>26}{e['median']:>12.1f}"
                  f"{r['peak_bytes'] / 2**30:>9.2f}{ratio_t:>9}{ratio_e:>8}")
   return "\n".join(lines)
 
@@ -219,12 +230,17 @@ def _parser() -> argparse.ArgumentParser:
   add_model_args(p, depthwise_help="Comma-separated depthwise implementations to time: auto, "
                  "conv, shifted, native.")
   p.add_argument("--remat", action="store_true", help="Rematerialise each block (less memory).")
-  p.add_argument("--vs-torch", action="store_true", help="Also time the PyTorch reference.")
+  p.add_argument("--vs-torch", action="store_true", help="Also time the PyTorch reference, "
+                 "eager and compiled.")
+  p.add_argument("--torch-compile-mode", default="default",
+                 help="torch.compile mode of the compiled PyTorch contender (modes with CUDA "
+                 "graphs need a GPU); empty: only eager.")
   p.add_argument("--steps", type=int, default=5, help="Steps per timed run.")
   p.add_argument("--repeats", type=int, default=3, help="Timed runs (median, min-max reported).")
   p.add_argument("--warmup", type=int, default=2, help="Untimed steps after compilation.")
   p.add_argument("--json", default="", help="Also write the results to this JSON file.")
-  p.add_argument("--worker", default="", choices=("", "jax", "torch"), help=argparse.SUPPRESS)
+  p.add_argument("--worker", default="", choices=("", "jax", "torch", "torch_compile"),
+                 help=argparse.SUPPRESS)
   return p
 
 
@@ -234,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from efficientnet_jax.models import get_arch
     args.res = get_arch(args.arch).resolution
   if args.worker:
-    result = run_jax(args) if args.worker == "jax" else run_torch(args)
+    result = (run_jax(args) if args.worker == "jax" else
+              run_torch(args, args.torch_compile_mode if args.worker == "torch_compile" else ""))
     print(json.dumps(result))
     return
   base = [sys.executable, "-m", "efficientnet_jax.benchmarks.step", f"--arch={args.arch}",
@@ -244,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> None:
               for d in args.depthwise.split(",")]
   if args.vs_torch:
     commands.append(base + ["--worker=torch"])
+    if args.torch_compile_mode:
+      commands.append(base + ["--worker=torch_compile",
+                              f"--torch-compile-mode={args.torch_compile_mode}"])
   rows = []
   for command in commands:
     print("running:", " ".join(command[2:]), flush=True)
@@ -252,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if proc.returncode != 0:
       raise SystemExit(f"benchmark worker failed (exit {proc.returncode}); its log is above.")
     rows.append(_summarize(json.loads(proc.stdout.strip().splitlines()[-1]), args.batch))
-  reference = rows[-1] if args.vs_torch else None
+  reference = rows[len(args.depthwise.split(","))] if args.vs_torch else None  # Eager torch.
   print(f"\n{args.arch} {args.res}x{args.res} batch {args.batch} {args.dtype} on {rows[0]['device']}"
         + (f" (torch on {reference['device']})" if reference else ""))
   print(format_table(rows, reference))

@@ -133,24 +133,51 @@ def _detect_here(folder: str) -> Detected | None:
 
 
 def find_tfds_dataset(folder: str) -> str | None:
-  """Returns the versioned folder of a prepared cars196/stanford_cars at `folder`, if any.
+  """The versioned folder of the first prepared cars196/stanford_cars at `folder`, if any."""
+  found = find_tfds_datasets(folder)
+  return found[0] if found else None
 
-  `folder` may be a TFDS data_dir, a dataset folder or the versioned folder itself.
+
+def find_tfds_datasets(folder: str) -> list[str]:
+  """Versioned folders of every prepared cars196/stanford_cars at `folder` (the newest
+  version of each builder config, e.g. each storage of efficientnet_jax.data.storage).
+
+  `folder` may be a TFDS data_dir, a dataset folder, a config folder or a versioned folder.
   """
-  def versioned(dataset_dir: str) -> str | None:
-    if os.path.isfile(os.path.join(dataset_dir, "dataset_info.json")):
-      return dataset_dir
-    versions = [d for d in _subfolders(dataset_dir)
-                if os.path.isfile(os.path.join(d, "dataset_info.json"))]
-    return max(versions, key=_version_key) if versions else None
+  def prepared(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "dataset_info.json"))
 
-  for name in TFDS_NAMES:
-    candidate = os.path.join(folder, name)
-    if os.path.isdir(candidate) and (found := versioned(candidate)):
-      return found
-  if os.path.basename(os.path.normpath(folder)) in TFDS_NAMES or _is_version(folder):
-    return versioned(folder)
-  return None
+  def newest(config_dir: str) -> list[str]:
+    versions = [d for d in _subfolders(config_dir) if _is_version(d) and prepared(d)]
+    return [max(versions, key=_version_key)] if versions else []
+
+  def in_dataset(dataset_dir: str) -> list[str]:  # <name>/<version> and <name>/<config>/<version>
+    found = newest(dataset_dir)
+    for sub in _subfolders(dataset_dir):
+      found += [] if _is_version(sub) else newest(sub)
+    return found
+
+  if prepared(folder):
+    return [folder]
+  found = [f for name in TFDS_NAMES if os.path.isdir(os.path.join(folder, name))
+           for f in in_dataset(os.path.join(folder, name))]
+  if found:
+    return found
+  if os.path.basename(os.path.normpath(folder)) in TFDS_NAMES:
+    return in_dataset(folder)
+  parent = os.path.basename(os.path.dirname(os.path.normpath(folder)))
+  return newest(folder) if parent in TFDS_NAMES else []
+
+
+def dataset_folder(versioned_dir: str) -> str:
+  """The <name> folder (cars196 or stanford_cars) above a versioned folder, or the folder
+  itself when none is: where find_tfds_datasets lists all its storages."""
+  path = os.path.normpath(versioned_dir)
+  for _ in range(2):
+    path = os.path.dirname(path)
+    if os.path.basename(path) in TFDS_NAMES:
+      return path
+  return versioned_dir
 
 
 def _is_version(folder: str) -> bool:

@@ -6,6 +6,8 @@ All functions take config.data (see efficientnet_jax/config.py). Batches are per
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from typing import Any
 
@@ -14,9 +16,9 @@ from absl import flags
 import ml_collections
 import numpy as np
 
-from efficientnet_jax.data import splits, transforms
+from efficientnet_jax.data import splits, storage, transforms
 from efficientnet_jax.data.errors import DataError
-from efficientnet_jax.data.preparation import ensure_prepared
+from efficientnet_jax.data.preparation import ensure_prepared, stored_as
 from efficientnet_jax.data.records import PreparedSource
 
 
@@ -71,6 +73,19 @@ def _to_iterator(dataset: grain.MapDataset, config: ml_collections.ConfigDict) -
   return iter(iterable)
 
 
+def _options(config: ml_collections.ConfigDict, dataset_dir: str) -> transforms.Options:
+  """The transform options of config, checked against the pixels the prepared data holds."""
+  options = transforms.Options.from_config(config)
+  if warning := storage.check_resolution(options, stored_as(dataset_dir), dataset_dir):
+    _warn_once(warning)
+  return options
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+  logging.warning(message)
+
+
 def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
   """Number of examples of `split` in {'train', 'val', 'test'}."""
   return len(splits.split_indices(config, ensure_prepared(config), split)[1])
@@ -101,7 +116,7 @@ def train_iterator(config: ml_collections.ConfigDict, *, global_batch_size: int,
   dataset_dir = ensure_prepared(config)
   split, indices = splits.split_indices(config, dataset_dir, "train")
   per_epoch = steps_per_epoch(config, global_batch_size) * global_batch_size
-  transform = transforms.TrainTransform(transforms.Options.from_config(config))
+  transform = transforms.TrainTransform(_options(config, dataset_dir))
   dataset = (grain.MapDataset.source(PreparedSource(dataset_dir, split, indices))
              .shuffle(seed=seed % 2**32)[:per_epoch]
              .random_map(transform, seed=(seed + 1) % 2**32)[process_index::process_count]
@@ -148,7 +163,7 @@ def eval_iterator(config: ml_collections.ConfigDict, split: str, *, global_batch
   source = PreparedSource(dataset_dir, source_split, indices[process_index::process_count])
   steps = eval_steps(config, split, global_batch_size, process_count)
   local_batch = global_batch_size // process_count
-  transform = transforms.EvalTransform(transforms.Options.from_config(config))
+  transform = transforms.EvalTransform(_options(config, dataset_dir))
   dataset = (grain.MapDataset.range(steps * local_batch)
              .map(_PaddedEval(source, transform))
              .batch(local_batch))

@@ -14,9 +14,10 @@ _LABEL_CHUNK = 256
 class PreparedSource:
   """Records of one prepared split (optionally a subset) as a Grain random-access source.
 
-  Records are {'image': JPEG bytes, 'label': int, 'bbox': float32 [ymin, xmin, ymax, xmax],
-  'file_name': str}. Picklable (the TFDS reader is reopened lazily in each worker process)
-  with a stable repr, as Grain's spawned workers need.
+  Records are {'image': JPEG bytes, or uint8 [H, W, 3] pixels for storage 'decoded',
+  'label': int, 'bbox': float32 [ymin, xmin, ymax, xmax], 'file_name': str}. Picklable
+  (the TFDS reader is reopened lazily in each worker process) with a stable repr, as
+  Grain's spawned workers need.
   """
 
   def __init__(self, dataset_dir: str, split: str, indices: np.ndarray | None = None):
@@ -31,8 +32,9 @@ class PreparedSource:
       import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
       builder = tfds.builder_from_directory(self.dataset_dir)
-      self._reader = builder.as_data_source(
-          self.split, decoders={"image": tfds.decode.SkipDecoding()})
+      jpeg = isinstance(builder.info.features["image"], tfds.features.Image)
+      self._reader = builder.as_data_source(  # JPEGs stay bytes; pixels come as arrays.
+          self.split, decoders={"image": tfds.decode.SkipDecoding()} if jpeg else None)
     return self._reader
 
   def __len__(self) -> int:

@@ -1,9 +1,9 @@
 """Decode and augment one record with PIL, in uint8 throughout.
 
-Train: decode (JPEG `draft` shrinks in libjpeg) -> ONE affine warp combining crop/resize,
-flip, rotation, translation, zoom and shear, and the geometric ops of the automatic policy
-(data.auto_augment) -> colour jitter as ONE 3x4 colour matrix -> the policy's photometric
-ops (augment_ops) -> random erasing (erasing).
+Train: decode (JPEG `draft` shrinks in libjpeg; stored pixels are wrapped) -> ONE affine
+warp combining crop/resize, flip, rotation, translation, zoom and shear, and the geometric
+ops of the automatic policy (data.auto_augment) -> colour jitter as ONE 3x4 colour matrix
+-> the policy's photometric ops (augment_ops) -> random erasing (erasing).
 Eval: decode -> antialiased resize of a central box. Both return {'image': uint8 [H, W, C],
 'label': int32}; the per-record RNG comes from Grain (`random_map`), so results do not
 depend on the number of workers.
@@ -152,8 +152,11 @@ class Geometry:
 # --- decoding ---------------------------------------------------------------------------
 
 
-def open_image(data: bytes, file_name: str = "") -> Image.Image:
-  """Opens encoded image bytes lazily (only the header is read)."""
+def open_image(data: bytes | np.ndarray, file_name: str = "") -> Image.Image:
+  """Opens encoded image bytes lazily (only the header is read), or wraps stored uint8
+  pixels (storage 'decoded': nothing to decode)."""
+  if isinstance(data, np.ndarray):
+    return Image.fromarray(data)
   try:
     return Image.open(io.BytesIO(data))
   except (OSError, ValueError) as e:

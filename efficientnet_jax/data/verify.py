@@ -1,4 +1,5 @@
-"""Decode every image once before preparation; report bad files by name, never relabel."""
+"""Decode every image once before preparation; report bad files by name, never relabel;
+produce what each image is stored as."""
 
 from __future__ import annotations
 
@@ -6,17 +7,19 @@ import concurrent.futures
 import dataclasses
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from efficientnet_jax.data import transforms
+from efficientnet_jax.data import storage as storage_lib
 from efficientnet_jax.data.layouts import Example
 
 BAD_IMAGE_POLICIES = ("error", "skip")
 REENCODE_QUALITY = 95
+_WINDOW = 256  # Images in flight when decoding in threads.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,13 +52,41 @@ def check_image(example: Example) -> CheckedImage | BadImage:
 def check_images(examples: Sequence[Example], threads: int = 0,
                  description: str = "Verifying images") -> tuple[list[CheckedImage], list[BadImage]]:
   """Decodes all images in parallel (PIL releases the GIL); keeps the input order."""
-  threads = threads or os.cpu_count() or 1
-  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    results = list(tqdm(pool.map(check_image, examples, chunksize=16), total=len(examples),
-                        desc=description, unit="img"))
+  results = list(_in_threads(check_image, examples, threads, description))
   good = [r for r in results if isinstance(r, CheckedImage)]
   bad = [r for r in results if isinstance(r, BadImage)]
   return good, bad
+
+
+def _in_threads(fn, items: Sequence, threads: int, description: str) -> Iterator:
+  """fn over items in `threads` threads (0: one per core), in order, with a progress bar;
+  at most _WINDOW results wait to be taken."""
+  threads = threads or os.cpu_count() or 1
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool, tqdm(
+      total=len(items), desc=description, unit="img") as bar:
+    for start in range(0, len(items), _WINDOW):
+      for result in pool.map(fn, items[start:start + _WINDOW]):
+        bar.update()
+        yield result
+
+
+def stored_images(checked: Sequence[CheckedImage], storage: storage_lib.Storage,
+                  threads: int = 0) -> Iterator[bytes | np.ndarray]:
+  """What each image is stored as under `storage`, in order (computed in threads)."""
+  return _in_threads(lambda c: stored_image(c, storage), checked, threads,
+                     f"Storing {storage.describe()}")
+
+
+def stored_image(checked: CheckedImage, storage: storage_lib.Storage) -> bytes | np.ndarray:
+  """JPEG bytes (original, reduced) or uint8 pixels (decoded) of one verified image.
+
+  A reduced image that needs no reduction keeps its original bytes.
+  """
+  small = min(checked.width, checked.height) <= storage.size
+  if storage.kind == "original" or (storage.kind == "reduced" and small):
+    return stored_bytes(checked)
+  with Image.open(checked.example.path) as image:
+    return storage_lib.encode(transforms.convert_mode(image, "RGB"), storage)
 
 
 def stored_bytes(checked: CheckedImage) -> bytes:
