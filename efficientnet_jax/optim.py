@@ -34,7 +34,9 @@ def cross_entropy_loss(logits: jax.Array, labels: jax.Array, label_smoothing: fl
 
 
 def _path_names(path: tuple[Any, ...]) -> list[str]:
-  return [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+  """The names along a parameter's path, without the nnx Variable's trailing `.value`."""
+  return [str(getattr(k, "key", getattr(k, "name", k))) for k in path
+          if not isinstance(k, jax.tree_util.GetAttrKey)]
 
 
 def weight_decay_mask(params: Any, exclude_bn_and_bias: bool) -> Any:
