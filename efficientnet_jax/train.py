@@ -19,8 +19,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from efficientnet_jax import (checkpoint, data, metrics, optim, parallel, progress, run_model,
-                              steps, summaries)
+from efficientnet_jax import (checkpoint, data, distill, metrics, optim, parallel, progress,
+                              run_model, steps, summaries)
 
 
 @dataclasses.dataclass
@@ -98,7 +98,9 @@ class Trainer:
 
     self.compiled, self.state = steps.build(
         model, config.optim, self.mesh, mean=convention.mean, std=convention.std,
-        steps_per_epoch=self.steps_per_epoch, num_epochs=config.train.num_epochs)
+        steps_per_epoch=self.steps_per_epoch, num_epochs=config.train.num_epochs,
+        accumulate_steps=config.train.accumulate_steps, mixup_config=config.mixup,
+        teacher=distill.load_teacher(config.distill, model.options), seed=config.seed)
     self.host = HostState(optim.Plateau.from_config(config.optim),
                           optim.EarlyStopping.from_config(config.optim))
     self.train_iter = data.train_iterator(config.data, global_batch_size=config.train.batch_size,
@@ -132,8 +134,9 @@ class Trainer:
       while self.step < self.total_steps and not self.host.stopped_early:
         batch = next(self.train_iter)
         if self.step == 0 and config.train.num_sample_images:
+          seen = self.compiled.model_view(batch["image"], batch["label"], self.step)
           self.writer.write_images(0, {"train/augmented_samples": summaries.image_grid(
-              batch["image"][:config.train.num_sample_images])[None]})
+              seen[:config.train.num_sample_images])[None]})
         self.state, step_metrics = self.compiled.train(self.state,
                                                        parallel.global_batch(batch, self.mesh))
         self.step += 1
@@ -142,7 +145,7 @@ class Trainer:
         epoch, in_epoch = divmod(self.step, spe)
         logged = self.step % config.train.log_every_steps == 0 or not in_epoch
         if logged:
-          scalars = {**metrics.scalars(train_metrics, "train"), **console.timing(self.step),
+          scalars = {**self.compiled.train_scalars(train_metrics), **console.timing(self.step),
                      "train/epoch": self.step / spe}
           self.writer.write_scalars(self.step, scalars)
           console.log(self.step, epoch + (1 if in_epoch else 0), config.train.num_epochs, scalars)
