@@ -75,6 +75,10 @@ def load_teacher(cfg: ml_collections.ConfigDict, student: ModelOptions) -> Teach
   if os.path.isfile(os.path.join(cfg.teacher, run_model.MODEL_FILE)):
     trained = run_model.load_trained(cfg.teacher, "best", ema=cfg.teacher_ema)
     model, convention = trained.model, trained.convention
+  elif not (os.path.exists(cfg.teacher) or cfg.teacher in weights.KNOWN_WEIGHTS):
+    raise FileNotFoundError(
+        f"distill.teacher={cfg.teacher!r} is neither a training workdir (with "
+        f"{run_model.MODEL_FILE}), converted weights, a checkpoint file nor a known weights name.")
   else:
     model, convention = weights.create_pretrained(cfg.teacher, in_channels=student.in_channels)
     convention = convention.in_unit_range()

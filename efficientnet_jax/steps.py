@@ -100,7 +100,8 @@ class CompiledSteps:
   train(state, batch) -> (state, TrainMetrics): one optimizer step on a global batch
   {'image' uint8, 'label'}; `state` is donated. evaluate(weights, batch) -> EvalMetrics
   on {'image', 'label', 'mask'}: padded examples (mask False) count nowhere, and the loss
-  is the training objective (label-smoothed), so plateau sees what is optimized.
+  is the training objective on clean images (label-smoothed cross entropy, without mixing
+  or distillation), which plateau watches.
   """
 
   graphdef: nnx.GraphDef

@@ -69,6 +69,10 @@ def test_teacher_errors_name_the_field(teacher_run):
   with pytest.raises(ValueError, match=r"distill.teacher=.* predicts 4 classes, the student "
                      r"\(model.num_classes\) 5"):
     distill.load_teacher(config.distill, ModelOptions(num_classes=5))
+  config.distill.teacher = teacher_run + "_typo"
+  with pytest.raises(FileNotFoundError, match=r"distill.teacher=.*_typo' is neither a training workdir"):
+    distill.load_teacher(config.distill, ModelOptions(num_classes=4))
+  config.distill.teacher = teacher_run
   config.distill.alpha = 1.5
   with pytest.raises(ValueError, match="distill.alpha=1.5"):
     distill.load_teacher(config.distill, ModelOptions(num_classes=4))
