@@ -117,6 +117,14 @@ def _optim() -> ml_collections.ConfigDict:
   o.cosine_end_lr = 0.0  # warmup_cosine: learning rate at the last step.
   o.freeze_backbone = False  # Train only the classifier (BN statistics: model.freeze_bn).
   o.ema_decay = 0.0  # EMA of weights and BN stats, evaluated alongside; 0 = off (e.g. 0.999).
+  # Layer-wise learning-rate decay: the head (head conv/BN + classifier) at the base rate,
+  # each earlier group (stage by stage, then the stem) `layer_decay` times the next one's
+  # (B0: 9 groups, stem at layer_decay**8). 1.0 = off. E.g. 0.8; TensorBoard: train/lr/<group>.
+  o.layer_decay = 1.0
+  # Sharpness-aware minimization: the gradient taken at w + rho * g / ||g|| (two forward/
+  # backward passes per step; g the global gradient). 0 = off; e.g. 0.05 (adaptive: 0.5-2).
+  o.sam_rho = 0.0
+  o.sam_adaptive = False  # Adaptive SAM (ASAM): the perturbation scaled by |w| per parameter.
 
   # Reduce-on-plateau on validation loss (PyTorch ReduceLROnPlateau, mode min, rel threshold).
   o.plateau = ml_collections.ConfigDict()
@@ -139,6 +147,11 @@ def _train() -> ml_collections.ConfigDict:
   t = ml_collections.ConfigDict()
   t.num_epochs = 150  # Upper bound; early stopping usually ends the run before.
   t.batch_size = 32  # Global batch (all devices, all hosts); a multiple of the device count.
+  # Gradient accumulation: each optimizer step averages the gradients of this many
+  # micro-batches of batch_size / accumulate_steps (one compiled step, a scan). BatchNorm
+  # takes statistics per micro-batch; schedules, EMA and checkpoints count optimizer steps.
+  # batch_size must be a multiple of accumulate_steps x the device count.
+  t.accumulate_steps = 1
   t.eval_every_epochs = 1  # Validate (plateau, early stop, best checkpoint) every N epochs.
   t.log_every_steps = 50  # Console line and TensorBoard train scalars every N steps.
   t.num_sample_images = 16  # Augmented training images written to TensorBoard at the start.
@@ -147,6 +160,31 @@ def _train() -> ml_collections.ConfigDict:
   # the weights' input convention (overriding config.data); "config" keeps config.data's.
   t.input_convention = "weights"
   return t
+
+
+def _mixup() -> ml_collections.ConfigDict:
+  """Mixup / CutMix inside the train step (efficientnet_jax/mixup.py): one coefficient or
+  box per batch, pairs within each device's shard, label-smoothed mixed targets."""
+  m = ml_collections.ConfigDict()
+  m.alpha = 0.0  # Mixup: coefficient ~ Beta(alpha, alpha); 0 = no Mixup (e.g. 0.8).
+  m.cutmix_alpha = 0.0  # CutMix: kept area ~ Beta(a, a); 0 = no CutMix (e.g. 1.0).
+  m.prob = 1.0  # Probability that a batch is mixed.
+  m.switch_prob = 0.5  # With both on: probability of CutMix instead of Mixup for a batch.
+  m.off_epoch = 0.0  # Stop mixing after this many epochs; 0 = never.
+  return m
+
+
+def _distill() -> ml_collections.ConfigDict:
+  """Knowledge distillation from a frozen teacher (efficientnet_jax/distill.py)."""
+  d = ml_collections.ConfigDict()
+  # A finished run's workdir (its best checkpoint), converted weights, a PyTorch checkpoint
+  # or a known weights name, predicting the same classes; "" = no distillation.
+  d.teacher = ""
+  d.teacher_ema = False  # With a workdir: the EMA weights of its best checkpoint.
+  d.alpha = 0.5  # loss = (1 - alpha) * cross entropy + alpha * T^2 * KL(teacher || student).
+  d.temperature = 1.0  # T: both softmaxes at logits / T.
+  d.image_size = 0  # The teacher's input side (the batch is resized on device); 0 = its own.
+  return d
 
 
 def _checkpoint() -> ml_collections.ConfigDict:
@@ -175,6 +213,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = _data()
   config.optim = _optim()
   config.train = _train()
+  config.mixup = _mixup()
+  config.distill = _distill()
   config.checkpoint = _checkpoint()
   config.eval = _eval()
   return config

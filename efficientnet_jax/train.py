@@ -28,8 +28,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from efficientnet_jax import (checkpoint, config_checks, data, metrics, optim, parallel, progress,
-                              run_model, steps, summaries)
+from efficientnet_jax import (checkpoint, config_checks, data, distill, metrics, optim, parallel,
+                              progress, run_model, steps, summaries)
 from efficientnet_jax.errors import ConfigError, NotFoundError, UserError
 
 
@@ -125,7 +125,9 @@ class Trainer:
 
     self.compiled, self.state = steps.build(
         model, config.optim, self.mesh, mean=convention.mean, std=convention.std,
-        steps_per_epoch=self.steps_per_epoch, num_epochs=config.train.num_epochs)
+        steps_per_epoch=self.steps_per_epoch, num_epochs=config.train.num_epochs,
+        accumulate_steps=config.train.accumulate_steps, mixup_config=config.mixup,
+        teacher=distill.load_teacher(config.distill, model.options), seed=config.seed)
     self.host = HostState(optim.Plateau.from_config(config.optim),
                           optim.EarlyStopping.from_config(config.optim))
     self.train_iter = data.train_iterator(config.data, global_batch_size=config.train.batch_size,
@@ -162,8 +164,9 @@ class Trainer:
     while not self.finished_training():
       batch = next(self.train_iter)
       if self.step == 0 and config.train.num_sample_images:
+        seen = self.compiled.model_view(batch["image"], batch["label"], self.step)
         self.writer.write_images(0, {"train/augmented_samples": summaries.image_grid(
-            batch["image"][:config.train.num_sample_images])[None]})
+            seen[:config.train.num_sample_images])[None]})
       self.state, step_metrics = self.compiled.train(self.state,
                                                      parallel.global_batch(batch, self.mesh))
       self.step += 1
@@ -174,7 +177,7 @@ class Trainer:
       logged = self.step % config.train.log_every_steps == 0 or not in_epoch
       if logged:
         self._check_finite()
-        scalars = {**metrics.scalars(self.train_metrics, "train"), **console.timing(self.step),
+        scalars = {**self.compiled.train_scalars(self.train_metrics), **console.timing(self.step),
                    "train/epoch": self.step / spe}
         self.writer.write_scalars(self.step, scalars)
         console.log(self.step, epoch + (1 if in_epoch else 0), config.train.num_epochs, scalars)

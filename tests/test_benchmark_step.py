@@ -67,3 +67,22 @@ def test_torch_compile_contender_runs_beside_eager(monkeypatch, capsys):
           if line.split() and line.split()[0] in workers}
   assert rows == {"jax": ["0.50", "0.50"], "torch": ["1.00", "1.00"],
                   "torch_compile": ["2.00", "2.00"]}  # Ratios against eager torch.
+
+
+def test_feature_flags_add_contenders_measured_against_the_plain_step():
+  args = _args(accumulate=4, sam=True, mixup=True, distill_teacher="b1", batch=8)
+  assert step._requested_features(args) == ["accumulate=4", "sam", "mixup", "distill=b1"]
+  assert step._requested_features(_args()) == []
+  with pytest.raises(SystemExit, match="--batch=6 must be a multiple of --accumulate=4"):
+    step._requested_features(_args(accumulate=4, batch=6))
+  with pytest.raises(SystemExit, match="--distill-teacher=b9"):
+    step._requested_features(_args(distill_teacher="b9"))
+  from efficientnet_jax.models import create_model  # pylint: disable=g-import-not-at-top
+
+  student = create_model("b0", num_classes=10).options
+  optim, options = step._feature_options("accumulate=4", student)
+  assert options == {"accumulate_steps": 4} and optim.sam_rho == 0
+  assert step._feature_options("sam", student)[0].sam_rho > 0
+  assert step._feature_options("mixup", student)[1]["mixup_config"].cutmix_alpha > 0
+  teacher = step._feature_options("distill=b1", student)[1]["teacher"]
+  assert teacher.model.arch == "b1" and teacher.model.num_classes == 10 and teacher.image_size == 240

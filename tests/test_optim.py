@@ -185,3 +185,15 @@ def test_optimizer_state_is_jittable_with_injected_lr():
 
   _, state = step(params, tx.init(params), 5e-4)
   assert float(state.hyperparams["learning_rate"]) == pytest.approx(5e-4)
+
+
+def test_weight_decay_mask_on_a_models_nnx_state():
+  # nnx.State paths end in the Variable's `.value`: the mask must look past it.
+  from efficientnet_jax import steps  # pylint: disable=g-import-not-at-top
+  from efficientnet_jax.models import create_model  # pylint: disable=g-import-not-at-top
+
+  _, params, _, _ = steps.split_model(create_model("b0", num_classes=4))
+  mask = optim.weight_decay_mask(params, exclude_bn_and_bias=True)
+  assert mask["stem"]["conv"]["kernel"].value and mask["classifier"]["kernel"].value
+  assert not mask["stem"]["bn"]["scale"].value and not mask["classifier"]["bias"].value
+  assert 0 < sum(jax.tree.leaves(mask)) < len(jax.tree.leaves(mask))

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from efficientnet_jax import optim, parallel, steps
 from efficientnet_jax.config import get_config
@@ -38,13 +39,26 @@ def tiny_data(n_per_class: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
   return {"image": np.stack(images), "label": np.asarray(labels, np.int32)}
 
 
+def frozen_bn_models(data, n: int, seed: int = 0):
+  """n B0s (weights from `seed`) with frozen BatchNorm whose running statistics are those
+  of `data` (at their initial values the activations fade layer after layer)."""
+  calibrate = tiny_model(bn_momentum=0.0, seed=seed)
+  calibrate.train()
+  calibrate(steps.normalize(data["image"], MEAN, STD))  # Running statistics := the batch's.
+  weights = nnx.state(calibrate, (nnx.Param, nnx.BatchStat))
+  models = [tiny_model(freeze_bn=True) for _ in range(n)]
+  for model in models:
+    nnx.update(model, weights)
+  return models
+
+
 class Harness:
   """A model's compiled steps (steps.build, as training builds them) on a mesh."""
 
-  def __init__(self, model, optim_cfg, mesh=None):
+  def __init__(self, model, optim_cfg, mesh=None, **build_options):
     self.mesh = mesh or parallel.create_mesh()
     self.steps, self.state = steps.build(model, optim_cfg, self.mesh, mean=MEAN, std=STD,
-                                         steps_per_epoch=10, num_epochs=10)
+                                         steps_per_epoch=10, num_epochs=10, **build_options)
 
   def train(self, batch, n: int = 1):
     """n steps on `batch`; their metrics merged."""

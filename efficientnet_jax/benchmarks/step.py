@@ -11,6 +11,12 @@ under torch.compile (--torch-compile-mode; "" leaves it out). Both sides do the 
 uint8 NHWC batch -> normalize -> forward -> label-smoothed cross entropy -> backward ->
 AdamW. Compile time is reported apart; throughput is the median (and min-max) over
 --repeats timed runs of --steps steps each, after warm-up.
+
+The training features of the train step each add a contender of ours, and their cost is
+the ratio against our plain step in the same run (its first row): --accumulate=K (K micro-
+batches of batch / K per optimizer step), --sam (two gradients per step), --mixup (Mixup
+and CutMix, alpha 0.8 / 1.0), --distill-teacher=ARCH (a frozen randomly initialized
+teacher of ARCH at its own resolution, the batch resized to it on the device).
 """
 
 from __future__ import annotations
@@ -56,20 +62,22 @@ class JaxSteps:
   """
 
   def __init__(self, arch: str, batch: int, res: int, dtype: str, depthwise: str,
-               remat: bool, channels: int = 3):
+               remat: bool, channels: int = 3, feature: str = ""):
     import jax
     import numpy as np
 
     from efficientnet_jax import parallel, steps
-    from efficientnet_jax.config import get_config
     from efficientnet_jax.models import create_model
 
     model = create_model(arch, num_classes=1000, in_channels=channels, dtype=dtype,
                          depthwise=depthwise, remat=remat)
-    self.name = f"jax depthwise={model.opts.depthwise}" + (" remat" if remat else "")
+    self.name = (f"jax depthwise={model.opts.depthwise}" + (" remat" if remat else "")
+                 + (f" +{feature}" if feature else ""))
     self.mesh = mesh = parallel.create_mesh(jax.devices()[:1])
-    self.steps, self.state = steps.build(model, get_config().optim, mesh, mean=MEAN[:channels],
-                                         std=STD[:channels], steps_per_epoch=1, num_epochs=1)
+    optim_config, options = _feature_options(feature, model.options)
+    self.steps, self.state = steps.build(model, optim_config, mesh, mean=MEAN[:channels],
+                                         std=STD[:channels], steps_per_epoch=1, num_epochs=1,
+                                         **options)
     rng = np.random.default_rng(0)
     self.batch = parallel.global_batch({
         "image": rng.integers(0, 256, (batch, res, res, channels), np.uint8),
@@ -79,7 +87,8 @@ class JaxSteps:
     self.train_batch = {k: self.batch[k] for k in ("image", "label")}
     weights = self.state.variables.weights()
     start = time.perf_counter()
-    self.compiled_train = self.steps.train.lower(self.state, self.train_batch).compile()
+    self.compiled_train = self.steps.train_step.lower(self.state, self.train_batch,
+                                                      self.steps.teacher).compile()
     self.compiled_eval = self.steps.eval_step.lower(
         weights.params, weights.batch_stats, self.steps.rngs, self.batch).compile()
     self.compile_s = time.perf_counter() - start
@@ -87,7 +96,7 @@ class JaxSteps:
 
   def train(self, batch: dict[str, Any] | None = None) -> Any:
     batch = self.train_batch if batch is None else batch
-    self.state, metrics = self.compiled_train(self.state, batch)
+    self.state, metrics = self.compiled_train(self.state, batch, self.steps.teacher)
     return metrics
 
   def evaluate(self) -> Any:
@@ -99,11 +108,44 @@ class JaxSteps:
     return stats.get("peak_bytes_in_use") or _host_peak_bytes()
 
 
+FEATURES = ("accumulate", "sam", "mixup", "distill")
+
+
+def _feature_options(feature: str, student: Any) -> tuple[Any, dict[str, Any]]:
+  """(config.optim, steps.build keyword arguments) of a step with `feature` (e.g. 'sam',
+  'accumulate=4', 'distill=b4'; '' = the plain step, the default config's optimizer)."""
+  from efficientnet_jax import distill
+  from efficientnet_jax.config import get_config
+  from efficientnet_jax.models import create_model, get_arch
+
+  config = get_config()
+  name, _, value = feature.partition("=")
+  options: dict[str, Any] = {}
+  if name == "accumulate":
+    options["accumulate_steps"] = int(value)
+  elif name == "sam":
+    config.optim.sam_rho = 0.05
+  elif name == "mixup":
+    config.mixup.update(alpha=0.8, cutmix_alpha=1.0)
+    options["mixup_config"] = config.mixup
+  elif name == "distill":
+    teacher = create_model(value, num_classes=student.num_classes, in_channels=student.in_channels,
+                           dtype=student.dtype, depthwise=student.depthwise)
+    teacher.eval()
+    options["teacher"] = distill.Teacher(teacher, MEAN[:student.in_channels],
+                                         STD[:student.in_channels], get_arch(value).resolution,
+                                         alpha=0.5, temperature=1.0)
+  elif name:
+    raise ValueError(f"Unknown feature {feature!r}; one of {FEATURES}.")
+  return config.optim, options
+
+
 def run_jax(args: argparse.Namespace) -> dict[str, Any]:
   """Times our train and eval steps."""
   import jax
 
-  bench = JaxSteps(args.arch, args.batch, args.res, args.dtype, args.depthwise, args.remat)
+  bench = JaxSteps(args.arch, args.batch, args.res, args.dtype, args.depthwise, args.remat,
+                   feature=args.feature)
   sync = jax.block_until_ready
   for _ in range(args.warmup):
     sync(bench.train())
@@ -235,13 +277,33 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--torch-compile-mode", default="default",
                  help="torch.compile mode of the compiled PyTorch contender (modes with CUDA "
                  "graphs need a GPU); empty: only eager.")
+  p.add_argument("--accumulate", type=int, default=0,
+                 help="Also time gradient accumulation over this many micro-batches.")
+  p.add_argument("--sam", action="store_true", help="Also time SAM (rho 0.05).")
+  p.add_argument("--mixup", action="store_true", help="Also time Mixup/CutMix in the step.")
+  p.add_argument("--distill-teacher", default="",
+                 help="Also time distillation from a teacher of this architecture, e.g. b4.")
   p.add_argument("--steps", type=int, default=5, help="Steps per timed run.")
   p.add_argument("--repeats", type=int, default=3, help="Timed runs (median, min-max reported).")
   p.add_argument("--warmup", type=int, default=2, help="Untimed steps after compilation.")
   p.add_argument("--json", default="", help="Also write the results to this JSON file.")
   p.add_argument("--worker", default="", choices=("", "jax", "torch", "torch_compile"),
                  help=argparse.SUPPRESS)
+  p.add_argument("--feature", default="", help=argparse.SUPPRESS)
   return p
+
+
+def _requested_features(args: argparse.Namespace) -> list[str]:
+  """The --feature values of the contenders that the feature flags ask for."""
+  from efficientnet_jax.models import specs
+
+  if args.accumulate > 1 and args.batch % args.accumulate:
+    raise SystemExit(f"--batch={args.batch} must be a multiple of --accumulate={args.accumulate}.")
+  if args.distill_teacher and args.distill_teacher not in specs.ARCHS:
+    raise SystemExit(f"--distill-teacher={args.distill_teacher}: not one of {', '.join(specs.ARCHS)}.")
+  features = [f"accumulate={args.accumulate}"] if args.accumulate > 1 else []
+  features += ["sam"] * args.sam + ["mixup"] * args.mixup
+  return features + ([f"distill={args.distill_teacher}"] if args.distill_teacher else [])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -257,8 +319,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   base = [sys.executable, "-m", "efficientnet_jax.benchmarks.step", f"--arch={args.arch}",
           f"--batch={args.batch}", f"--res={args.res}", f"--dtype={args.dtype}",
           f"--steps={args.steps}", f"--repeats={args.repeats}", f"--warmup={args.warmup}"]
-  commands = [base + ["--worker=jax", f"--depthwise={d}"] + (["--remat"] if args.remat else [])
-              for d in args.depthwise.split(",")]
+  ours = [base + ["--worker=jax", f"--depthwise={d}"] + (["--remat"] if args.remat else [])
+          for d in args.depthwise.split(",")]
+  features = _requested_features(args)
+  commands = ours + [ours[0] + [f"--feature={f}"] for f in features]
   if args.vs_torch:
     commands.append(base + ["--worker=torch"])
     if args.torch_compile_mode:
@@ -272,9 +336,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if proc.returncode != 0:
       raise SystemExit(f"benchmark worker failed (exit {proc.returncode}); its log is above.")
     rows.append(_summarize(json.loads(proc.stdout.strip().splitlines()[-1]), args.batch))
-  reference = rows[len(args.depthwise.split(","))] if args.vs_torch else None  # Eager torch.
+  # Features are costs against our plain step; otherwise ratios are against eager PyTorch.
+  reference = (rows[0] if features else
+               rows[len(ours) + len(features)] if args.vs_torch else None)
   print(f"\n{args.arch} {args.res}x{args.res} batch {args.batch} {args.dtype} on {rows[0]['device']}"
-        + (f" (torch on {reference['device']})" if reference else ""))
+        + (f" (torch on {rows[-1]['device']})" if args.vs_torch else "")
+        + (f"; ratios against {rows[0]['name']}" if features else ""))
   print(format_table(rows, reference))
   if args.json:
     with open(args.json, "w") as f:
