@@ -3,8 +3,11 @@ r"""EfficientNet-B0 trained from scratch on grayscale Stanford Cars (the study: 
   python -m efficientnet_jax.main --config=configs/b0_cars_scratch_gray.py \
       --workdir=runs/b0_gray --config.data.dir=/path/to/stanford_cars
 
-The configs/cars.py recipe without pretrained weights, on 1-channel images, with weight
-decay 0.1 and plateau patience 7.
+The configs/cars.py recipe without pretrained weights, on 1-channel images (PIL's
+Grayscale), with weight decay 0.1, plateau patience 7 and no dropout: the study's best
+grayscale run. Deviation kept on purpose: the convolutions start from TF's He-normal init
+(fan-out), the architecture's published one, where lukemelas' model kept PyTorch's default
+(kaiming-uniform with a=sqrt(5)); the head is nn.Linear's, as in configs/cars.py.
 """
 
 import ml_collections

@@ -200,6 +200,9 @@ def _eval() -> ml_collections.ConfigDict:
   e = ml_collections.ConfigDict()
   e.batch_size = 64  # Global eval batch; the last batch is padded and masked.
   e.test_at_end = True  # Evaluate the best checkpoint on the test split; write results.json.
+  # Test-time augmentation of validation, the final test and `evaluate`: "none", or "flip"
+  # (the log of the mean softmax of each image and its mirror image; 2x the eval compute).
+  e.tta = "none"
   return e
 
 

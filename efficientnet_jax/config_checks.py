@@ -50,6 +50,7 @@ def _range_pair(low: float, high: float | None = None) -> Check:
 def _rules() -> list[Rule]:
   from efficientnet_jax.data import splits, verify  # pylint: disable=g-import-not-at-top
   from efficientnet_jax.run_model import INPUT_CONVENTIONS  # pylint: disable=g-import-not-at-top
+  from efficientnet_jax.steps import TTA_MODES  # pylint: disable=g-import-not-at-top
 
   return [
       Rule("seed", _at_least(0), ">= 0"),
@@ -120,6 +121,7 @@ def _rules() -> list[Rule]:
       Rule("checkpoint.keep_latest", _at_least(1), ">= 1 (a run resumes from them)"),
       Rule("checkpoint.keep_best", _at_least(1), ">= 1 (the final test reads it)"),
       Rule("eval.batch_size", _at_least(1), ">= 1"),
+      Rule("eval.tta", *_choice(*TTA_MODES)),
   ]
 
 

@@ -140,19 +140,21 @@ def _training_test_top1(workdir: str, kind: str, split: str, ema: bool) -> float
 
 
 def evaluate_run(workdir: str, *, checkpoint: str | int = "best", ema: bool = False,
-                 split: str = "test", tta: str = "none",
+                 split: str = "test", tta: str | None = None,
                  config: ml_collections.ConfigDict | None = None,
                  num_misclassified: int = 24) -> dict[str, Any]:
   """Evaluates a checkpoint of run `workdir` on `split` and writes the report next to it.
 
-  config: the run's config, possibly overridden (default: its config.json). Returns the
+  config: the run's config, possibly overridden (default: its config.json). tta: None =
+  the run's config.eval.tta (none for runs from before that field). Returns the
   report written to <workdir>/<report_name>.json, with 'files' listing what was written.
   """
   if split not in SPLITS:
     raise ConfigError(f"--split={split!r}; use one of {SPLITS}.")
-  steps.check_tta(tta)
   trained = cli.load_run(workdir, checkpoint, ema=ema)
   config = config if config is not None else run_model.load_config(workdir)
+  tta = tta if tta is not None else config.eval.get("tta", "none")
+  steps.check_tta(tta)
   mesh = parallel.create_mesh()
   parallel.host_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
   collection = _metrics(trained, config, split, tta, mesh)
@@ -255,8 +257,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 def _define_flags() -> None:
   cli.define_checkpoint_flags()
   flags.DEFINE_enum("split", "test", list(SPLITS), "The split to evaluate.")
-  flags.DEFINE_enum("tta", "none", list(steps.TTA_MODES), "Test-time augmentation: flip "
-                    "averages the probabilities of each image and its mirror image.")
+  flags.DEFINE_enum("tta", None, list(steps.TTA_MODES), "Test-time augmentation: flip "
+                    "averages the probabilities of each image and its mirror image (default: "
+                    "the run's config.eval.tta).")
   flags.DEFINE_integer("num_misclassified", 24, "Misclassified examples in the PNG grid.")
 
 

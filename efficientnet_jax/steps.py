@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from efficientnet_jax import distill, metrics, mixup, optim, parallel
+from efficientnet_jax.errors import ConfigError
 
 Batch = dict[str, jax.Array]
 TTA_MODES = ("none", "flip")  # Test-time augmentation: none, or the image and its horizontal flip.
@@ -97,7 +98,7 @@ def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) ->
 def check_tta(tta: str) -> str:
   """`tta` if it is one of TTA_MODES."""
   if tta not in TTA_MODES:
-    raise ValueError(f"Unknown test-time augmentation tta={tta!r}; use one of {TTA_MODES}.")
+    raise ConfigError(f"Unknown test-time augmentation tta={tta!r}; use one of {TTA_MODES}.")
   return tta
 
 

@@ -127,7 +127,8 @@ class Trainer:
         model, config.optim, self.mesh, mean=convention.mean, std=convention.std,
         steps_per_epoch=self.steps_per_epoch, num_epochs=config.train.num_epochs,
         accumulate_steps=config.train.accumulate_steps, mixup_config=config.mixup,
-        teacher=distill.load_teacher(config.distill, model.options), seed=config.seed)
+        teacher=distill.load_teacher(config.distill, model.options), seed=config.seed,
+        tta=config.eval.tta)
     self.host = HostState(optim.Plateau.from_config(config.optim),
                           optim.EarlyStopping.from_config(config.optim))
     self.train_iter = data.train_iterator(config.data, global_batch_size=config.train.batch_size,
@@ -281,6 +282,7 @@ class Trainer:
         "stopped_early": self.host.stopped_early,
         "wall_time_sec": self.host.wall_seconds,
         "train_images_per_sec": self.host.train_images_per_sec,
+        "tta": self.config.eval.tta,
     }
     if best.ema is not None:
       ema = self.evaluate(best.weights(ema=True), "test", self.stop.requested)

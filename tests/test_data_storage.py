@@ -178,7 +178,7 @@ def test_prepare_cli_flags_mirror_the_storage_fields(prepared, tmp_path):
       check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
   bad = run("--storage=reduced", "--storage_quality=0")
   assert bad.returncode == 1 and bad.stderr.strip() == (
-      "config.data.storage_quality=0 must be in 1..100.")
+      "Error: config.data.storage_quality=0 must be in 1..100.")
   done = run("--storage=decoded", "--storage_size=0", "--image_size=20")
   assert done.returncode == 0, done.stderr[-2000:]
   assert preparation.stored_as(done.stdout.strip().splitlines()[-1]) == Storage("decoded", 23)

@@ -86,7 +86,8 @@ def test_tensorboard_scalars_show_each_group_rate(params):
   compiled, _ = steps.build(model, _optim_config(), parallel.create_mesh(), mean=(0.5,) * 3,
                             std=(0.25,) * 3, steps_per_epoch=1, num_epochs=1)
   collected = metrics.TrainMetrics.single_from_model_output(
-      loss=jnp.ones(2), logits=jnp.eye(2, 4), labels=jnp.arange(2), learning_rate=jnp.float32(0.02))
+      loss=jnp.ones(2), logits=jnp.eye(2, 4), labels=jnp.arange(2), learning_rate=jnp.float32(0.02),
+      finite=jnp.bool_(True), step=jnp.int32(1))
   scalars = compiled.train_scalars(collected)
   assert scalars["train/learning_rate"] == pytest.approx(0.02)
   for group, scale in EXPECTED.items():

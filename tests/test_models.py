@@ -405,8 +405,13 @@ def test_remat_gives_the_same_loss_gradients_and_batch_stats():
 
 @pytest.mark.parametrize("head_init,bound", [("tf", 10**-0.5), ("torch", 1280**-0.5), ("zeros", 0.0)])
 def test_classifier_initializations(head_init, bound):
-  kernel = np.asarray(create_model("b0", num_classes=10, head_init=head_init).classifier.kernel[...])
+  classifier = create_model("b0", num_classes=10, head_init=head_init).classifier
+  kernel, bias = np.asarray(classifier.kernel[...]), np.asarray(classifier.bias[...])
   assert np.abs(kernel).max() <= bound
   assert np.abs(kernel).max() >= 0.95 * bound  # Uses the whole range (10k draws).
+  if head_init == "torch":  # nn.Linear draws its bias from the kernel's range too.
+    assert np.abs(bias).max() <= bound and len(set(bias.tolist())) == 10
+  else:
+    assert not bias.any()
   with pytest.raises(ValueError, match="model.head_init"):
     create_model("b0", head_init="xavier")

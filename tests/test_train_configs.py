@@ -7,6 +7,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from efficientnet_jax import config_checks
 from efficientnet_jax.models import specs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,6 +31,7 @@ def test_config_loads_and_is_consistent(path):
   assert config.model.in_channels == config.data.channels
   assert config.train.batch_size > 0 and config.eval.batch_size > 0
   assert 0 < config.optim.plateau.factor < 1
+  assert config_checks.problems(config) == []
 
 
 def test_cars_config_uses_each_architectures_resolution_and_weights():
@@ -50,9 +52,25 @@ def test_b0_cars_is_the_study_recipe():
   assert (c.optim.plateau.factor, c.optim.plateau.patience, c.optim.plateau.threshold) == (0.1, 3, 1e-3)
   assert (c.optim.early_stopping.patience, c.optim.early_stopping.min_delta) == (10, 1e-3)
   assert c.train.num_epochs == 150 and c.model.dropout_rate == 0.0
+  assert (c.optim.b1, c.optim.b2, c.optim.eps, c.optim.wd_exclude_bn_and_bias) == (0.9, 0.999, 1e-8, False)
+  # lukemelas' model: a fresh nn.Linear head, its BatchNorm and drop-connect settings.
+  assert c.pretrained == "efficientnet-b0" and c.model.head_init == "torch"
+  assert (c.model.bn_momentum, c.model.bn_epsilon, c.model.drop_connect_rate) == (0.99, 1e-3, 0.2)
+  # Resize((224, 224)), flip, RandomAffine(25, (0.1, 0.1), (0.9, 1.1), 8), ColorJitter().
+  d = c.data
+  assert (d.image_size, d.train_crop, d.eval_resize, d.crop_pct, d.interpolation) == (
+      224, "resize", "square", 1.0, "bilinear")
+  assert (d.hflip, d.rotate, d.translate, tuple(d.scale), d.shear, d.fill) == (
+      0.5, 25.0, 0.1, (0.9, 1.1), 8.0, 0)
+  assert (d.brightness, d.contrast, d.saturation, d.hue) == (0, 0, 0, 0)
+  assert d.auto_augment == "none" and d.erase_prob == 0 and c.mixup.alpha == c.mixup.cutmix_alpha == 0
+  assert c.train.input_convention == "config"
+  assert tuple(d.mean) == (0.470, 0.460, 0.455) and tuple(d.std) == (0.267, 0.266, 0.270)
   gray = load_config(os.path.join(ROOT, "configs", "b0_cars_scratch_gray.py"))
   assert gray.pretrained == "" and gray.model.in_channels == gray.data.channels == 1
   assert gray.optim.weight_decay == 0.1 and gray.optim.plateau.patience == 7
+  assert gray.model.dropout_rate == 0.0 and gray.model.head_init == "torch"
+  assert tuple(gray.data.gray_mean) == (0.462,) and tuple(gray.data.gray_std) == (0.270,)
 
 
 def test_command_line_overrides_apply():

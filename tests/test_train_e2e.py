@@ -281,3 +281,21 @@ def test_pretrained_weights_load_with_their_input_convention(tmp_path):
   assert resolved.data.mean == (0.5, 0.4, 0.3) and resolved.data.interpolation == "bicubic"
   config.train.input_convention = "config"  # The config's own normalization instead.
   assert run_model.build(config)[1].mean == tuple(config.data.mean)
+
+
+def test_the_modern_preset_runs_end_to_end_with_flip_tta(demo_data, tmp_path):
+  import configs.cars_modern  # pylint: disable=g-import-not-at-top
+
+  demo = demo_config()
+  config = configs.cars_modern.get_config("b0")
+  config.pretrained = ""  # No downloads here; the recipe is the same from scratch.
+  for field in ("dir", "tfds_dir", "val_fraction", "image_size", "workers", "read_threads"):
+    config.data[field] = demo.data[field]
+  config.model.num_classes, config.model.depthwise = demo.model.num_classes, "conv"
+  config.train.update(num_epochs=2, batch_size=16, log_every_steps=3)
+  config.optim.warmup_epochs = 1.0
+  config.eval.update(batch_size=16, tta="flip")
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["tta"] == "flip" and results["test"]["num_examples"] == 40
+  assert results["steps"] == 2 * (128 - 25) // 16 and np.isfinite(results["test"]["loss"])
+  assert set(results) >= {"test", "test_ema"}  # EMA on, as the preset says.

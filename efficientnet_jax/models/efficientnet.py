@@ -45,12 +45,13 @@ class EfficientNet(nnx.Module):
     features = specs.head_channels(spec)
     self.head = PointwiseBnAct(self.block_specs[-1].out_channels, features, opts, init=init)
     self.dropout = nnx.Dropout(options.resolved_dropout_rate, rngs=rngs)
-    # tf: U(+-1/sqrt(num_classes)) as the official TF code; torch: U(+-1/sqrt(features)) as
-    # nn.Linear (the original study's fresh head); zeros: big_vision's fine-tuning head.
+    # tf: U(+-1/sqrt(num_classes)) as the official TF code (bias 0); torch: kernel and bias
+    # U(+-1/sqrt(features)) as nn.Linear (the original study's fresh head); zeros: big_vision's
+    # fine-tuning head.
     n = options.num_classes
     bound = {"tf": n**-0.5, "torch": features**-0.5, "zeros": 0.0}[options.head_init]
     self.classifier = layers.Dense(features, n, use_bias=True, dtype=jnp.float32, init=init,
-                                   uniform_bound=bound)
+                                   uniform_bound=bound, uniform_bias=options.head_init == "torch")
     self.opts = opts
 
   @property

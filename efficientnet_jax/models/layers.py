@@ -112,17 +112,22 @@ class Dense(nnx.Module):
 
   A 1x1 convolution runs as this matmul (same parameters, kernel (in, out)).
   With `uniform_bound` the kernel is drawn from U(-bound, bound) (classifier inits; 0 gives
-  zeros); otherwise it is He-normal on fan-out (TF's conv init).
+  zeros), and the bias too when `uniform_bias` (nn.Linear's init); otherwise the kernel is
+  He-normal on fan-out (TF's conv init). Biases start at zero otherwise.
   """
 
   def __init__(self, in_ch: int, out_ch: int, *, use_bias: bool = False, dtype: jnp.dtype,
-               init: np.random.Generator, uniform_bound: float | None = None):
+               init: np.random.Generator, uniform_bound: float | None = None,
+               uniform_bias: bool = False):
     if uniform_bound is not None:
       kernel = jnp.asarray(init.uniform(-uniform_bound, uniform_bound, (in_ch, out_ch)).astype(np.float32))
     else:
       kernel = he_normal(init, (in_ch, out_ch), out_ch)
     self.kernel = nnx.Param(kernel)
-    self.bias = nnx.Param(jnp.zeros((out_ch,), jnp.float32)) if use_bias else None
+    bias = np.zeros((out_ch,), np.float32)
+    if uniform_bias and uniform_bound:
+      bias = init.uniform(-uniform_bound, uniform_bound, (out_ch,)).astype(np.float32)
+    self.bias = nnx.Param(jnp.asarray(bias)) if use_bias else None
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:

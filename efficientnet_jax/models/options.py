@@ -36,7 +36,7 @@ class ModelOptions:
   freeze_bn: bool = False  # Keep BatchNorm statistics frozen while training.
   remat: bool = False  # Recompute each block in the backward pass: less memory (B5-B7), ~30% slower.
   # A fresh classifier's init: "tf" U(+-1/sqrt(classes)) as the official TF code; "torch"
-  # U(+-1/sqrt(features)) as nn.Linear; "zeros" (big_vision's fine-tuning head).
+  # kernel and bias U(+-1/sqrt(features)) as nn.Linear; "zeros" (big_vision's fine-tuning head).
   head_init: str = "tf"
   seed: int = 0  # Initial parameters and the dropout / drop-path streams.
 
