@@ -238,7 +238,7 @@ def probe_images(convention: InputConvention, n: int = 2) -> np.ndarray:
 
 def _check_output(output: str) -> None:
   if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
-    raise FileExistsError(f"--output={output} exists and is not an empty directory; choose a "
+    raise ConfigError(f"--output={output} exists and is not an empty directory; choose a "
                           "new directory or delete it.")
 
 
