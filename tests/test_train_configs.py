@@ -9,6 +9,7 @@ from ml_collections import config_flags
 
 from efficientnet_jax import config_checks
 from efficientnet_jax.models import specs
+from efficientnet_jax.weights.known import KNOWN_WEIGHTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
@@ -44,6 +45,27 @@ def test_cars_config_uses_each_architectures_resolution_and_weights():
       os.path.join(ROOT, "configs", "cars.py"))
   with pytest.raises(Exception, match="cars.py:b9"):
     load_config(os.path.join(ROOT, "configs", "cars.py") + ":b9")
+
+
+@pytest.mark.parametrize("arch", [a for a in specs.ARCHS if a.startswith("v2_")])
+def test_cars_config_gives_efficientnetv2_its_weights_and_the_transfer_recipe(arch):
+  c = load_config(os.path.join(ROOT, "configs", "cars.py") + f":{arch}")
+  weights = KNOWN_WEIGHTS[c.pretrained]
+  assert (c.model.arch, weights.arch, c.model.padding) == (arch, arch, "same")
+  assert c.data.image_size == specs.ARCHS[arch].resolution
+  # ImageNet-21k fine-tuned on 1k where published, else ImageNet-1k.
+  assert c.pretrained.endswith(".in21k_ft_in1k") == (arch not in ("v2_b0", "v2_b1", "v2_b2"))
+  # The weights' normalization: [-1, 1] for 21k-trained weights, ImageNet's for B0-B2.
+  assert tuple(c.data.mean) == ((0.485, 0.456, 0.406) if arch in ("v2_b0", "v2_b1", "v2_b2")
+                                else (0.5, 0.5, 0.5))
+  assert c.train.input_convention == "config" and (c.data.eval_resize, c.data.crop_pct) == ("square", 1.0)
+  # ~10,000 steps of batch 512 (14 per epoch), lr 1e-3 cosine after 1 warmup epoch, no decay.
+  assert c.train.batch_size == 512 and abs(c.train.num_epochs * 14 - 10_000) < 14
+  assert (c.optim.lr, c.optim.schedule, c.optim.warmup_epochs, c.optim.weight_decay) == (
+      1e-3, "warmup_cosine", 1.0, 0.0)
+  assert (c.optim.label_smoothing, c.optim.ema_decay, c.model.dropout_rate) == (0.1, 0.9996, 0.0)
+  assert not c.optim.plateau.enabled and not c.optim.early_stopping.enabled
+  assert c.data.rotate == c.data.shear == c.data.brightness == 0.0 and c.data.hflip == 0.5
 
 
 def test_b0_cars_is_the_study_recipe():

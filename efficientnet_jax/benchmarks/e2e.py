@@ -26,13 +26,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from efficientnet_jax.benchmarks import input as input_benchmark
-from efficientnet_jax.benchmarks.step import JaxSteps, add_model_args
+from efficientnet_jax.benchmarks.step import JaxSteps, model_parser
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m efficientnet_jax.benchmark e2e",
-                              description=__doc__.split("\n")[0])
-  add_model_args(p, depthwise_help="auto, conv, shifted or native.")
+  p = model_parser("e2e", __doc__)
   p.add_argument("--steps", type=int, default=10, help="Timed steps per round.")
   p.add_argument("--warmup", type=int, default=3, help="Untimed steps before each round.")
   p.add_argument("--repeats", type=int, default=3,

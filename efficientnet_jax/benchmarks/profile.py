@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from efficientnet_jax.benchmarks.step import JaxSteps, add_model_args
+from efficientnet_jax.benchmarks.step import JaxSteps, model_parser
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([^\n]*)$", re.MULTILINE)
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -94,9 +94,7 @@ def format_rows(rows: Sequence[dict[str, object]], top: int) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m efficientnet_jax.benchmark profile",
-                              description=__doc__.split("\n")[0])
-  add_model_args(p, depthwise_help="auto, conv, shifted or native.")
+  p = model_parser("profile", __doc__)
   p.add_argument("--mode", default="train", choices=("train", "eval"))
   p.add_argument("--warmup", type=int, default=2, help="Untimed steps before the traced one.")
   p.add_argument("--top", type=int, default=20, help="Rows to print.")

@@ -157,18 +157,22 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _torch_model(arch: str) -> tuple[Any, str]:
-  """timm's native EfficientNet when timm imports, else geffnet's (timm's predecessor)."""
+  """timm's native EfficientNet when timm imports, else geffnet's (timm's predecessor); for
+  EfficientNetV2 (v2_*) timm's efficientnetv2_* (PyTorch padding), else its tf_efficientnetv2_*
+  (B0-B3 exist only so), which geffnet does not have."""
+  base = f"efficientnetv2_{arch[3:]}" if arch.startswith("v2_") else f"efficientnet_{arch}"
   for module_name in ("timm", "geffnet"):
     try:
       module = __import__(module_name)
     except ImportError:
       continue
-    for name in (f"efficientnet_{arch}", f"tf_efficientnet_{arch}"):
+    for name in (base, f"tf_{base}"):
       try:
         return module.create_model(name, num_classes=1000), f"{module_name} {name}"
       except (RuntimeError, KeyError, ValueError):
         continue
-  raise SystemExit("--vs-torch needs timm or geffnet (make venv-test installs geffnet).")
+  raise SystemExit(f"--vs-torch for {arch} needs timm" + ("" if arch.startswith("v2_") else
+                   " or geffnet (make venv-test installs geffnet)") + ".")
 
 
 def run_torch(args: argparse.Namespace, compile_mode: str = "") -> dict[str, Any]:
@@ -264,6 +268,14 @@ def add_model_args(p: argparse.ArgumentParser, depthwise_help: str) -> None:
   p.add_argument("--res", type=int, default=0, help="Image size; 0 = the architecture's resolution.")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--depthwise", default="auto", help=depthwise_help)
+
+
+def model_parser(name: str, doc: str) -> argparse.ArgumentParser:
+  """The parser of benchmark `name` (its module docstring `doc`) with the model flags."""
+  p = argparse.ArgumentParser(prog=f"python -m efficientnet_jax.benchmark {name}",
+                              description=doc.split("\n")[0])
+  add_model_args(p, depthwise_help="auto, conv, shifted or native.")
+  return p
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -17,10 +17,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class EfficientNet(nnx.Module):
-  """EfficientNet-B0…B7 / Lite0…4 on NHWC input; returns float32 logits.
+  """EfficientNet-B0…B7 / Lite0…4 / V2 on NHWC input; returns float32 logits.
 
   Parameters are named after the structure: stem.{conv,bn}, stages_{i}_{j}.{expand_conv,
-  expand_bn, dw_conv, dw_bn, se.{reduce,expand}, project_conv, project_bn}, head.{conv,bn},
+  expand_bn, dw_conv, dw_bn, se.{reduce,expand}, project_conv, project_bn} (MBConv) or
+  .{fused_conv, fused_bn, project_conv, project_bn} (Fused-MBConv), head.{conv,bn},
   classifier. Use model.train() / model.eval() to switch modes. The backend (CPU or an
   accelerator) is read once, here: it picks the depthwise implementation for 'auto' and
   the CPU-specific forms of the stem and the squeeze-excite gate.

@@ -72,7 +72,7 @@ def he_normal(init: np.random.Generator, shape: tuple[int, ...], fan_out: int) -
 
 
 class Conv(nnx.Module):
-  """A full k x k convolution without bias (the stem).
+  """A full k x k convolution without bias (the stem, EfficientNetV2's Fused-MBConv).
 
   With `im2col` (chosen on CPU) it runs as one matmul over im2col patches (k*k*in values per
   output pixel): XLA:CPU's convolution of B0's stem (3 -> 32 channels, 3x3/2) took 2x as
@@ -89,12 +89,13 @@ class Conv(nnx.Module):
     self.dtype = dtype
     self.im2col = im2col
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, im2col: bool | None = None) -> jax.Array:
+    """The convolution of NHWC `x`; `im2col` (default: self.im2col) picks the matmul form."""
     w = self.kernel[...].astype(self.dtype)
     k = w.shape[0]
     pads = spatial_padding(x, k, self.stride, self.padding)
     x = x.astype(self.dtype)
-    if not self.im2col:
+    if not (self.im2col if im2col is None else im2col):
       return jax.lax.conv_general_dilated(
           x, w, window_strides=(self.stride, self.stride), padding=pads,
           dimension_numbers=("NHWC", "HWIO", "NHWC"))

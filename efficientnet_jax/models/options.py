@@ -19,7 +19,7 @@ HEAD_INITS = ("tf", "torch", "zeros")
 class ModelOptions:
   """How to build an EfficientNet. Invalid values raise ConfigError naming the config field."""
 
-  arch: str = "b0"  # b0…b7 or lite0…lite4 (models/specs.py).
+  arch: str = "b0"  # b0…b7, lite0…lite4, v2_b0…v2_b3, v2_s, v2_m, v2_l, v2_xl (models/specs.py).
   num_classes: int = 1000
   in_channels: int = 3  # 3 = RGB, 1 = grayscale.
   # "same": TF's asymmetric padding (TF-ported weights); "symmetric": PyTorch's (timm-native,

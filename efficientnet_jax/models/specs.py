@@ -1,5 +1,6 @@
 """Architecture specs: each family's stage table (a block type per stage), compound scaling,
-and the named architectures (b0…b7, lite0…lite4) with their defaults."""
+and the named architectures (b0…b7, lite0…lite4, v2_b0…v2_b3, v2_s, v2_m, v2_l, v2_xl) with
+their defaults."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import math
 from efficientnet_jax.errors import ConfigError
 
 # Block types a stage can use (models/blocks.py builds each):
-#   mbconv  [expand 1x1] -> depthwise kxk -> [squeeze-excite] -> project 1x1 [+ skip]
+#   mbconv        [expand 1x1] -> depthwise kxk -> [squeeze-excite] -> project 1x1 [+ skip]
+#   fused_mbconv  full kxk conv (expand, strided) -> project 1x1 [+ skip]; with expand ratio 1
+#                 the kxk conv alone (to the output width, with activation) [+ skip]
 MBCONV = "mbconv"
-BLOCK_TYPES = (MBCONV,)
+FUSED_MBCONV = "fused_mbconv"
+BLOCK_TYPES = (MBCONV, FUSED_MBCONV)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +41,9 @@ class Family:
   head_channels: int
   scale_stem_head: bool  # False: stem and head keep their widths at every width multiplier.
   activation: str  # "swish" or "relu6".
+  # Width rounding: a rounded-down width below round_limit x the scaled one gets one more
+  # divisor (V1's 0.9; EfficientNetV2's code has no such step: 0).
+  round_limit: float = 0.9
 
 
 def _stages(rows: tuple[tuple, ...], se_ratio: float,
@@ -57,6 +64,45 @@ LITE = Family("lite", _stages(_B0_ROWS, se_ratio=0.0, fixed_depth=(0, len(_B0_RO
               stem_channels=32, head_channels=1280, scale_stem_head=False, activation="relu6")
 
 
+
+
+def _v2_stages(rows: tuple[tuple, ...]) -> tuple[StageSpec, ...]:
+  """(block, expand, kernel, stride, out channels, repeats, se ratio) rows."""
+  return tuple(StageSpec(*row) for row in rows)
+
+
+# EfficientNetV2 (Tan & Le, 2021), the official TF tables (google/automl efficientnetv2/
+# effnetv2_configs.py): Fused-MBConv early, MBConv with squeeze-excite (a quarter of the
+# block's input channels) late; stem = the first stage's input width, head 1280 (x width).
+_F, _M = FUSED_MBCONV, MBCONV
+_V2_BASE_ROWS = ((_F, 1, 3, 1, 16, 1, 0.0), (_F, 4, 3, 2, 32, 2, 0.0), (_F, 4, 3, 2, 48, 2, 0.0),
+                 (_M, 4, 3, 2, 96, 3, 0.25), (_M, 6, 3, 1, 112, 5, 0.25), (_M, 6, 3, 2, 192, 8, 0.25))
+_V2_S_ROWS = ((_F, 1, 3, 1, 24, 2, 0.0), (_F, 4, 3, 2, 48, 4, 0.0), (_F, 4, 3, 2, 64, 4, 0.0),
+              (_M, 4, 3, 2, 128, 6, 0.25), (_M, 6, 3, 1, 160, 9, 0.25), (_M, 6, 3, 2, 256, 15, 0.25))
+_V2_M_ROWS = ((_F, 1, 3, 1, 24, 3, 0.0), (_F, 4, 3, 2, 48, 5, 0.0), (_F, 4, 3, 2, 80, 5, 0.0),
+              (_M, 4, 3, 2, 160, 7, 0.25), (_M, 6, 3, 1, 176, 14, 0.25),
+              (_M, 6, 3, 2, 304, 18, 0.25), (_M, 6, 3, 1, 512, 5, 0.25))
+_V2_L_ROWS = ((_F, 1, 3, 1, 32, 4, 0.0), (_F, 4, 3, 2, 64, 7, 0.0), (_F, 4, 3, 2, 96, 7, 0.0),
+              (_M, 4, 3, 2, 192, 10, 0.25), (_M, 6, 3, 1, 224, 19, 0.25),
+              (_M, 6, 3, 2, 384, 25, 0.25), (_M, 6, 3, 1, 640, 7, 0.25))
+_V2_XL_ROWS = ((_F, 1, 3, 1, 32, 4, 0.0), (_F, 4, 3, 2, 64, 8, 0.0), (_F, 4, 3, 2, 96, 8, 0.0),
+               (_M, 4, 3, 2, 192, 16, 0.25), (_M, 6, 3, 1, 256, 24, 0.25),
+               (_M, 6, 3, 2, 512, 32, 0.25), (_M, 6, 3, 1, 640, 8, 0.25))
+
+
+def _v2_family(name: str, rows: tuple[tuple, ...], stem_channels: int) -> Family:
+  return Family(name, _v2_stages(rows), stem_channels=stem_channels, head_channels=1280,
+                scale_stem_head=True, activation="swish", round_limit=0.0)
+
+
+V2_BASE = _v2_family("efficientnetv2-base", _V2_BASE_ROWS, 32)  # B0…B3 scale this one.
+V2_S = _v2_family("efficientnetv2-s", _V2_S_ROWS, 24)
+V2_M = _v2_family("efficientnetv2-m", _V2_M_ROWS, 24)
+V2_L = _v2_family("efficientnetv2-l", _V2_L_ROWS, 32)
+V2_XL = _v2_family("efficientnetv2-xl", _V2_XL_ROWS, 32)
+V2_FAMILIES = (V2_BASE, V2_S, V2_M, V2_L, V2_XL)
+
+
 @dataclasses.dataclass(frozen=True)
 class ArchSpec:
   """A named architecture: its family scaled by width and depth, and its defaults."""
@@ -68,7 +114,9 @@ class ArchSpec:
   dropout: float
 
 
-# Every architecture by name: (family, width, depth, resolution, dropout).
+# Every architecture by name: (family, width, depth, resolution, dropout). The resolution is
+# the evaluation size (V2 trains the ImageNet models at less: 192…240 px for B0…B3, 300 px
+# for S, 384 px for M/L/XL, with progressive learning).
 ARCHS: dict[str, ArchSpec] = {
     "b0": ArchSpec(EFFICIENTNET, 1.0, 1.0, 224, 0.2),
     "b1": ArchSpec(EFFICIENTNET, 1.0, 1.1, 240, 0.2),
@@ -83,6 +131,14 @@ ARCHS: dict[str, ArchSpec] = {
     "lite2": ArchSpec(LITE, 1.1, 1.2, 260, 0.3),
     "lite3": ArchSpec(LITE, 1.2, 1.4, 280, 0.3),
     "lite4": ArchSpec(LITE, 1.4, 1.8, 300, 0.3),
+    "v2_b0": ArchSpec(V2_BASE, 1.0, 1.0, 224, 0.2),
+    "v2_b1": ArchSpec(V2_BASE, 1.0, 1.1, 240, 0.2),
+    "v2_b2": ArchSpec(V2_BASE, 1.1, 1.2, 260, 0.3),
+    "v2_b3": ArchSpec(V2_BASE, 1.2, 1.4, 300, 0.3),
+    "v2_s": ArchSpec(V2_S, 1.0, 1.0, 384, 0.2),
+    "v2_m": ArchSpec(V2_M, 1.0, 1.0, 480, 0.3),
+    "v2_l": ArchSpec(V2_L, 1.0, 1.0, 480, 0.4),
+    "v2_xl": ArchSpec(V2_XL, 1.0, 1.0, 512, 0.4),
 }
 
 
@@ -95,11 +151,12 @@ def get_arch(arch: str) -> ArchSpec:
                      f"choose one of {', '.join(ARCHS)}.") from None
 
 
-def round_filters(filters: int, width: float, divisor: int = 8) -> int:
-  """Scales a channel count by `width`, rounded to a multiple of `divisor` (TF rule)."""
+def round_filters(filters: int, width: float, divisor: int = 8, round_limit: float = 0.9) -> int:
+  """Scales a channel count by `width`, rounded to a multiple of `divisor` (TF rule); a result
+  below `round_limit` times the scaled count gets one more divisor."""
   scaled = filters * width
   new = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
-  if new < 0.9 * scaled:
+  if new < round_limit * scaled:
     new += divisor
   return int(new)
 
@@ -137,14 +194,19 @@ class BlockSpec:
     return self.in_channels * self.expand_ratio
 
 
+def _width(spec: ArchSpec, channels: int) -> int:
+  """A stage's channel count scaled by the architecture's width."""
+  return round_filters(channels, spec.width, round_limit=spec.family.round_limit)
+
+
 def stem_channels(spec: ArchSpec) -> int:
   f = spec.family
-  return round_filters(f.stem_channels, spec.width) if f.scale_stem_head else f.stem_channels
+  return _width(spec, f.stem_channels) if f.scale_stem_head else f.stem_channels
 
 
 def head_channels(spec: ArchSpec) -> int:
   f = spec.family
-  return round_filters(f.head_channels, spec.width) if f.scale_stem_head else f.head_channels
+  return _width(spec, f.head_channels) if f.scale_stem_head else f.head_channels
 
 
 def stage_repeats(spec: ArchSpec) -> list[int]:
@@ -163,7 +225,7 @@ def build_blocks(spec: ArchSpec, drop_connect_rate: float) -> list[BlockSpec]:
   blocks: list[BlockSpec] = []
   in_ch = stem_channels(spec)
   for i, (stage, n) in enumerate(zip(spec.family.stages, repeats)):
-    out_ch = round_filters(stage.out_channels, spec.width)
+    out_ch = _width(spec, stage.out_channels)
     for j in range(n):
       se = max(1, int(in_ch * stage.se_ratio)) if stage.se_ratio else 0
       blocks.append(BlockSpec(

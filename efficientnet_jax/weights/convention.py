@@ -88,10 +88,47 @@ _TORCHVISION_EVAL = {"b0": (224, 256), "b1": (240, 256), "b2": (288, 288), "b3":
                      "b4": (380, 384), "b5": (456, 456), "b6": (528, 528), "b7": (600, 600)}
 
 
-def default_convention(source: str, arch: str) -> InputConvention:
-  """The published eval convention of ImageNet weights from `source` for `arch`."""
+# What ImageNet weights were trained on: ImageNet-1k, ImageNet-21k (21843 classes), or
+# ImageNet-21k and then fine-tuned on ImageNet-1k (timm's tags).
+PRETRAININGS = ("in1k", "in21k", "in21k_ft_in1k")
+IMAGENET21K_CLASSES = 21843
+
+
+def pretraining(checkpoint_name: str, num_classes: int) -> str:
+  """The pretraining of a checkpoint, from its head and its (timm) file name: 'in21k_ft_in1k'
+  ('_21ft1k', '_in21ft1k'), 'in21k' ('_21k', '_in21k', or a 21843-class head), else 'in1k'."""
+  name = checkpoint_name.lower()
+  if num_classes == IMAGENET21K_CLASSES:
+    return "in21k"
+  if "21ft1k" in name or "in21k_ft_in1k" in name:
+    return "in21k_ft_in1k"
+  return "in21k" if "21k" in name else "in1k"
+
+
+# timm's tf_efficientnetv2 evaluation (crop fraction, resize) at the arch's resolution where
+# it is not the rule of _v2_convention (timm's pretrained configs; 'square' = its 'squash').
+_V2_EVAL = {("v2_b3", "in21k"): (0.904, "shorter_side"), ("v2_b3", "in21k_ft_in1k"): (0.9, "square")}
+
+
+def _v2_convention(arch: str, size: int, trained_on: str) -> InputConvention:
+  """timm's tf_efficientnetv2_* conventions. B0…B3 trained on ImageNet-1k alone use the V1
+  preprocessing (ImageNet mean/std, TF's size / (size + 32) crop); every other V2 weight
+  takes [-1, 1] input (mean = std = 0.5) uncropped: S centre-cropped to a square, M/L/XL
+  squashed whole into one (the official eval above 320 px)."""
+  if arch.startswith("v2_b") and trained_on == "in1k":
+    return InputConvention(IMAGENET_MEAN, IMAGENET_STD, crop_pct=tf_crop_pct(size), image_size=size)
+  crop, resize = _V2_EVAL.get((arch, trained_on),
+                              (1.0, "shorter_side" if arch == "v2_s" else "square"))
+  return InputConvention(INCEPTION_MEAN, INCEPTION_STD, crop_pct=crop, image_size=size, resize=resize)
+
+
+def default_convention(source: str, arch: str, trained_on: str = "in1k") -> InputConvention:
+  """The published eval convention of ImageNet weights from `source` for `arch`, pretrained
+  as `trained_on` (one of PRETRAININGS; it matters for EfficientNetV2 only)."""
   spec = specs.get_arch(arch)
   size = spec.resolution
+  if spec.family in specs.V2_FAMILIES:
+    return _v2_convention(arch, size, trained_on)
   tf_trained = source in ("timm-tf", "lukemelas")
   if spec.family is specs.LITE and tf_trained:
     # timm's ports of TF Lite rescale to [-1, 1]; the lukemelas-layout Lite ports keep

@@ -11,7 +11,7 @@ from efficientnet_jax.models import create_model, specs
 from efficientnet_jax.weights import keymaps
 from efficientnet_jax.weights.checkpoint_files import read_checkpoint
 from efficientnet_jax.weights.imagenet_classes import default_class_names
-from efficientnet_jax.weights.convention import default_convention
+from efficientnet_jax.weights.convention import default_convention, pretraining
 from efficientnet_jax.weights.errors import WeightsError
 from efficientnet_jax.weights.ported import PortedWeights
 from efficientnet_jax.weights.sources import Source, detect_layout, resolve_source
@@ -27,7 +27,8 @@ def infer_arch(tensors: dict[str, np.ndarray], layout: str) -> list[str]:
   """The architectures with exactly this state dict's tensor names and stem/head widths."""
   mappable = {k for k in tensors if k.rsplit(".", 1)[-1] not in keymaps.SKIPPED_SUFFIXES}
   matches = []
-  for arch, spec in specs.ARCHS.items():
+  for arch in keymaps.layout_archs(layout):
+    spec = specs.ARCHS[arch]
     by_target = {m.target: m.source for m in keymaps.tensor_map(arch, layout)}
     if set(by_target.values()) != mappable:
       continue
@@ -91,11 +92,13 @@ def convert_tensors(tensors: dict[str, np.ndarray], arch: str, source: Source,
 
   if problems:
     raise ConversionError(_problem_report(checkpoint_name, arch, source, problems, tensors))
+  trained_on = pretraining(checkpoint_name, num_classes)
   return PortedWeights(
       arch=arch, padding=source.padding, bn_epsilon=source.epsilon(arch),
-      convention=default_convention(source.name, arch),
+      convention=default_convention(source.name, arch, trained_on),
       class_names=default_class_names(num_classes), tensors=converted,
-      origin={"checkpoint": checkpoint_name, "source": source.name, "skipped": _summarize(skipped)})
+      origin={"checkpoint": checkpoint_name, "source": source.name, "pretraining": trained_on,
+              "skipped": _summarize(skipped)})
 
 
 def _summarize(skipped: dict[str, str]) -> dict[str, str]:

@@ -45,15 +45,18 @@ class TensorMapping:
 _BN_FIELDS = (("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"), ("var", "running_var"))
 
 
+# Our layers of a block ('<layer>_conv', '<layer>_bn') and the layout change of each conv.
+_LAYER_TRANSFORMS = {"expand": "pointwise", "dw": "conv", "fused": "conv", "project": "pointwise"}
+
+
 @dataclasses.dataclass(frozen=True)
 class _BlockKeys:
-  """Checkpoint prefixes of one MBConv's layers: (conv, its BatchNorm) pairs, whose conv
-  weight is '<conv>.weight', and the squeeze-excite (reduce, expand) 1x1 convs."""
+  """Checkpoint prefixes of one block's layers: our layer name (see _LAYER_TRANSFORMS) ->
+  (its conv, its BatchNorm), the conv weight being '<conv>.weight'; and the squeeze-excite
+  (reduce, expand) 1x1 convs."""
 
-  expand: tuple[str, str] | None
-  dw: tuple[str, str]
-  se: tuple[str, str] | None
-  project: tuple[str, str]
+  convs: dict[str, tuple[str, str]]
+  se: tuple[str, str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,11 +74,16 @@ def _timm_keys(blocks: list[specs.BlockSpec]) -> _LayoutKeys:
   for b in blocks:
     p = f"blocks.{b.stage}.{b.index}"
     se = (f"{p}.se.conv_reduce", f"{p}.se.conv_expand") if b.se_channels else None
-    if b.expand_ratio == 1:  # timm's DepthwiseSeparableConv: conv_dw, bn1, se, conv_pw, bn2.
-      keys.append(_BlockKeys(None, (f"{p}.conv_dw", f"{p}.bn1"), se, (f"{p}.conv_pw", f"{p}.bn2")))
+    if b.block == specs.FUSED_MBCONV and b.expand_ratio == 1:  # ConvBnAct: conv, bn1.
+      convs = {"fused": (f"{p}.conv", f"{p}.bn1")}
+    elif b.block == specs.FUSED_MBCONV:  # EdgeResidual: conv_exp, bn1, conv_pwl, bn2.
+      convs = {"fused": (f"{p}.conv_exp", f"{p}.bn1"), "project": (f"{p}.conv_pwl", f"{p}.bn2")}
+    elif b.expand_ratio == 1:  # DepthwiseSeparableConv: conv_dw, bn1, se, conv_pw, bn2.
+      convs = {"dw": (f"{p}.conv_dw", f"{p}.bn1"), "project": (f"{p}.conv_pw", f"{p}.bn2")}
     else:  # InvertedResidual: conv_pw, bn1, conv_dw, bn2, se, conv_pwl, bn3.
-      keys.append(_BlockKeys((f"{p}.conv_pw", f"{p}.bn1"), (f"{p}.conv_dw", f"{p}.bn2"), se,
-                             (f"{p}.conv_pwl", f"{p}.bn3")))
+      convs = {"expand": (f"{p}.conv_pw", f"{p}.bn1"), "dw": (f"{p}.conv_dw", f"{p}.bn2"),
+               "project": (f"{p}.conv_pwl", f"{p}.bn3")}
+    keys.append(_BlockKeys(convs, se))
   return _LayoutKeys(("conv_stem", "bn1"), keys, ("conv_head", "bn2"), "classifier")
 
 
@@ -83,11 +91,9 @@ def _lukemelas_keys(blocks: list[specs.BlockSpec]) -> _LayoutKeys:
   keys = []
   for n, b in enumerate(blocks):
     p = f"_blocks.{n}"
-    keys.append(_BlockKeys(
-        (f"{p}._expand_conv", f"{p}._bn0") if b.expand_ratio != 1 else None,
-        (f"{p}._depthwise_conv", f"{p}._bn1"),
-        (f"{p}._se_reduce", f"{p}._se_expand") if b.se_channels else None,
-        (f"{p}._project_conv", f"{p}._bn2")))
+    convs = {"expand": (f"{p}._expand_conv", f"{p}._bn0")} if b.expand_ratio != 1 else {}
+    convs |= {"dw": (f"{p}._depthwise_conv", f"{p}._bn1"), "project": (f"{p}._project_conv", f"{p}._bn2")}
+    keys.append(_BlockKeys(convs, (f"{p}._se_reduce", f"{p}._se_expand") if b.se_channels else None))
   return _LayoutKeys(("_conv_stem", "_bn0"), keys, ("_conv_head", "_bn1"), "_fc")
 
 
@@ -102,12 +108,11 @@ def _torchvision_keys(blocks: list[specs.BlockSpec]) -> _LayoutKeys:
     p = f"features.{b.stage + 1}.{b.index}.block"
     dw = 0 if b.expand_ratio == 1 else 1
     project = dw + (2 if b.se_channels else 1)
-    keys.append(_BlockKeys(
-        (f"{p}.0.0", f"{p}.0.1") if dw else None,
-        (f"{p}.{dw}.0", f"{p}.{dw}.1"),
-        # Every torchvision MBConv has an SE; a Lite arch will not match its keys.
-        (f"{p}.{dw + 1}.fc1", f"{p}.{dw + 1}.fc2") if b.se_channels else None,
-        (f"{p}.{project}.0", f"{p}.{project}.1")))
+    convs = {"expand": (f"{p}.0.0", f"{p}.0.1")} if dw else {}
+    convs |= {"dw": (f"{p}.{dw}.0", f"{p}.{dw}.1"), "project": (f"{p}.{project}.0", f"{p}.{project}.1")}
+    # Every torchvision MBConv has an SE; a Lite arch will not match its keys.
+    se = (f"{p}.{dw + 1}.fc1", f"{p}.{dw + 1}.fc2") if b.se_channels else None
+    keys.append(_BlockKeys(convs, se))
   head = f"features.{blocks[-1].stage + 2}"  # After the stem and every stage.
   return _LayoutKeys(("features.0.0", "features.0.1"), keys, (f"{head}.0", f"{head}.1"),
                      "classifier.1")  # classifier.0 is the Dropout.
@@ -124,15 +129,13 @@ def _mappings(blocks: list[specs.BlockSpec], keys: _LayoutKeys) -> list[TensorMa
 
   conv_bn("stem/conv", "stem/bn", keys.stem, "conv")
   for b, k in zip(blocks, keys.blocks):
-    if k.expand is not None:
-      conv_bn(f"{b.name}/expand_conv", f"{b.name}/expand_bn", k.expand, "pointwise")
-    conv_bn(f"{b.name}/dw_conv", f"{b.name}/dw_bn", k.dw, "conv")
+    for layer, pair in k.convs.items():
+      conv_bn(f"{b.name}/{layer}_conv", f"{b.name}/{layer}_bn", pair, _LAYER_TRANSFORMS[layer])
     if k.se is not None:
       for ours, theirs in zip(("reduce", "expand"), k.se):
         target = f"{b.name}/se/{ours}"
         out.append(TensorMapping(f"{target}/kernel", f"{theirs}.weight", "pointwise"))
         out.append(TensorMapping(f"{target}/bias", f"{theirs}.bias", "vector"))
-    conv_bn(f"{b.name}/project_conv", f"{b.name}/project_bn", k.project, "pointwise")
   conv_bn("head/conv", "head/bn", keys.head, "pointwise")
   out.append(TensorMapping("classifier/kernel", f"{keys.classifier}.weight", "dense"))
   out.append(TensorMapping("classifier/bias", f"{keys.classifier}.bias", "vector"))
@@ -141,10 +144,23 @@ def _mappings(blocks: list[specs.BlockSpec], keys: _LayoutKeys) -> list[TensorMa
 
 _LAYOUT_KEYS = {TIMM_LAYOUT: _timm_keys, LUKEMELAS_LAYOUT: _lukemelas_keys,
                 TORCHVISION_LAYOUT: _torchvision_keys}
+# The block types each layout has keys for: only timm's covers EfficientNetV2's Fused-MBConv.
+_LAYOUT_BLOCK_TYPES = {TIMM_LAYOUT: set(specs.BLOCK_TYPES), LUKEMELAS_LAYOUT: {specs.MBCONV},
+                       TORCHVISION_LAYOUT: {specs.MBCONV}}
+
+
+def layout_archs(layout: str) -> list[str]:
+  """The architectures whose checkpoints `layout` can hold."""
+  return [arch for arch, spec in specs.ARCHS.items()
+          if {s.block for s in spec.family.stages} <= _LAYOUT_BLOCK_TYPES[layout]]
 
 
 def tensor_map(arch: str, layout: str) -> list[TensorMapping]:
   """Every tensor of `arch`'s parameter tree and the `layout` key that fills it."""
+  if arch not in layout_archs(layout):
+    raise ValueError(f"The {layout!r} checkpoint layout has no {arch} (its archs: "
+                     f"{', '.join(layout_archs(layout))}); EfficientNetV2 weights are timm's "
+                     "tf_efficientnetv2_*.")
   blocks = specs.build_blocks(specs.get_arch(arch), drop_connect_rate=0.0)
   return _mappings(blocks, _LAYOUT_KEYS[layout](blocks))
 

@@ -11,6 +11,8 @@ _TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.
 _TIMM_HF = "https://github.com/huggingface/pytorch-image-models/releases/download/v0.1-weights/"
 _LUKEMELAS = "https://github.com/lukemelas/EfficientNet-PyTorch/releases/download/1.0/"
 _TORCHVISION = "https://download.pytorch.org/models/"
+_TIMM_V2 = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-effv2-weights/"
+_HF_TIMM = "https://huggingface.co/timm/"  # <name>/resolve/main/model.safetensors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +27,13 @@ class KnownWeights:
 
   @property
   def filename(self) -> str:
-    return os.path.basename(self.url) if self.url else f"{self.name}.pth"
+    """The downloaded file's name: the URL's, except for Hugging Face's, which are all
+    'model.safetensors' (the weights' name then; it says how they were pretrained)."""
+    if not self.url:
+      return f"{self.name}.pth"
+    if self.url.startswith(_HF_TIMM):
+      return f"{self.name}.safetensors"
+    return os.path.basename(self.url)
 
 
 def _table() -> dict[str, KnownWeights]:
@@ -65,7 +73,41 @@ def _table() -> dict[str, KnownWeights]:
            "b6_lukemelas-24a108a5", "b7_lukemelas-c5b4e57e")
   entries += [KnownWeights(f"torchvision_efficientnet_b{i}", f"b{i}", "torchvision",
                            f"{_TORCHVISION}efficientnet_{f}.pth") for i, f in enumerate(files)]
+  entries += _efficientnet_v2()
   return {e.name: e for e in entries}
+
+
+def _efficientnet_v2() -> list[KnownWeights]:
+  """The official TF EfficientNetV2 weights, ported by timm (tf_efficientnetv2_*): the plain
+  name is the ImageNet-1k training (timm's `.in1k`; timm's untagged default for S/M/L is
+  `.in21k_ft_in1k`), `.in21k` the ImageNet-21k one (21843 classes), `.in21k_ft_in1k` that
+  one fine-tuned on ImageNet-1k. The B3 21k weights are only on the Hugging Face hub."""
+  files = {
+      "tf_efficientnetv2_b0": "tf_efficientnetv2_b0-c7cc451f.pth",
+      "tf_efficientnetv2_b1": "tf_efficientnetv2_b1-be6e41b0.pth",
+      "tf_efficientnetv2_b2": "tf_efficientnetv2_b2-847de54e.pth",
+      "tf_efficientnetv2_b3": "tf_efficientnetv2_b3-57773f13.pth",
+      "tf_efficientnetv2_s": "tf_efficientnetv2_s-eb54923e.pth",
+      "tf_efficientnetv2_m": "tf_efficientnetv2_m-cc09e0cd.pth",
+      "tf_efficientnetv2_l": "tf_efficientnetv2_l-d664b728.pth",
+      "tf_efficientnetv2_s.in21k": "tf_efficientnetv2_s_21k-6337ad01.pth",
+      "tf_efficientnetv2_m.in21k": "tf_efficientnetv2_m_21k-361418a2.pth",
+      "tf_efficientnetv2_l.in21k": "tf_efficientnetv2_l_21k-91a19ec9.pth",
+      "tf_efficientnetv2_xl.in21k": "tf_efficientnetv2_xl_in21k-fd7e8abf.pth",
+      "tf_efficientnetv2_s.in21k_ft_in1k": "tf_efficientnetv2_s_21ft1k-d7dafa41.pth",
+      "tf_efficientnetv2_m.in21k_ft_in1k": "tf_efficientnetv2_m_21ft1k-bf41664a.pth",
+      "tf_efficientnetv2_l.in21k_ft_in1k": "tf_efficientnetv2_l_21ft1k-60127a9d.pth",
+      "tf_efficientnetv2_xl.in21k_ft_in1k": "tf_efficientnetv2_xl_in21ft1k-06c35c48.pth",
+  }
+  entries = [KnownWeights(name, _v2_arch(name), "timm-tf", _TIMM_V2 + file) for name, file in files.items()]
+  entries += [KnownWeights(name, "v2_b3", "timm-tf", f"{_HF_TIMM}{name}/resolve/main/model.safetensors")
+              for name in ("tf_efficientnetv2_b3.in21k", "tf_efficientnetv2_b3.in21k_ft_in1k")]
+  return entries
+
+
+def _v2_arch(name: str) -> str:
+  """tf_efficientnetv2_s.in21k -> v2_s."""
+  return "v2_" + name.split(".")[0].removeprefix("tf_efficientnetv2_")
 
 
 KNOWN_WEIGHTS: dict[str, KnownWeights] = _table()
