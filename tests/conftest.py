@@ -8,7 +8,18 @@ Set before JAX is imported by any test module.
 import os
 import tempfile
 
+import pytest
+
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "efficientnet_jax_test_xla_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+  """The demo's synthetic copy, generated (and prepared) once for this module."""
+  root = str(tmp_path_factory.mktemp("demo_data"))
+  os.environ["EFFICIENTNET_JAX_DEMO_DATA"] = root
+  yield root
+  del os.environ["EFFICIENTNET_JAX_DEMO_DATA"]

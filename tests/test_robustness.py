@@ -28,14 +28,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo.py")
 
 
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp("demo_data"))
-  os.environ["EFFICIENTNET_JAX_DEMO_DATA"] = root
-  yield root
-  del os.environ["EFFICIENTNET_JAX_DEMO_DATA"]
-
-
 def _env(**extra):
   return {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
 

@@ -23,15 +23,6 @@ FAST = {"data.image_size": 32, "model.depthwise": "conv", "train.log_every_steps
         "eval.batch_size": 16}
 
 
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-  """The demo's synthetic copy, generated (and prepared) once for this module."""
-  root = str(tmp_path_factory.mktemp("demo_data"))
-  os.environ["EFFICIENTNET_JAX_DEMO_DATA"] = root
-  yield root
-  del os.environ["EFFICIENTNET_JAX_DEMO_DATA"]
-
-
 def demo_config(**overrides):
   import configs.demo  # pylint: disable=g-import-not-at-top
 
