@@ -12,7 +12,7 @@ import pytest
 
 from efficientnet_jax import distill, parallel, steps, train
 from efficientnet_jax.models import ModelOptions
-from test_train_e2e import demo_config, demo_data  # noqa: F401 (demo_data: a fixture)
+from test_train_e2e import demo_config
 from test_train_steps import MEAN, SIZE, STD, Harness, _optim_config, frozen_bn_models, tiny_data
 
 
