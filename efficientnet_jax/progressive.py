@@ -78,7 +78,7 @@ def stage_size(config: ml_collections.ConfigDict, index: int) -> int:
   if index == 0 or index == p.stages - 1:
     return p.min_image_size if index == 0 else target
   size = p.min_image_size + (target - p.min_image_size) * index / (p.stages - 1)
-  return max(p.size_multiple, int(round(size / p.size_multiple)) * p.size_multiple)
+  return max(p.size_multiple, int(size / p.size_multiple + 0.5) * p.size_multiple)
 
 
 def plan(config: ml_collections.ConfigDict, steps_per_epoch: int) -> list[Stage]:

@@ -2,11 +2,13 @@
 run in two stages: sizes followed, one train-step compile per stage, evaluation at the
 target size, exact resumption inside the second stage."""
 
+import json
+
 import jax
 import numpy as np
 from test_train_e2e import _params, demo_config, demo_data  # noqa: F401 (demo_data: a fixture)
 
-from efficientnet_jax import config_checks, parallel, progressive, steps, train
+from efficientnet_jax import config_checks, data, parallel, progressive, steps, train
 from efficientnet_jax.config import get_config
 
 
@@ -57,6 +59,36 @@ def test_bad_progressive_fields_are_one_line_errors_naming_them():
   assert "data.auto_augment='none'" in config_checks.problems(config)[0]
 
 
+def _fingerprint(batch) -> tuple[int, str]:
+  """(side, labels and pixel sum) of a training batch."""
+  pixels = int(np.asarray(batch["image"], np.int64).sum())
+  return batch["image"].shape[1], f"{batch['label'].tolist()}:{pixels}"
+
+
+def test_the_staged_iterator_resumes_at_every_step(demo_data):  # noqa: F811
+  config = demo_config(**{"train.num_epochs": 3, "progressive.stages": 3,
+                          "progressive.min_image_size": 16, "data.image_size": 32})
+  spe = data.steps_per_epoch(config.data, 16)
+  stages = progressive.plan(config, spe)
+  iterator = progressive.train_iterator(stages, global_batch_size=16, seed=0)
+  states, batches = [], []
+  for _ in range(3 * spe):
+    states.append(iterator.get_state())
+    batches.append(_fingerprint(next(iterator)))
+  iterator.close()
+  assert [side for side, _ in batches] == [16] * spe + [24] * spe + [32] * spe
+  # The stages continue the run's order of examples (one without stages: the same labels).
+  plain = data.train_iterator(config.data, global_batch_size=16, seed=0)
+  assert [b.split(":")[0] for _, b in batches] == [
+      str(next(plain)["label"].tolist()) for _ in range(3 * spe)]
+  plain.close()
+  for step in (spe - 1, spe, spe + 1, 2 * spe):  # Inside a stage and at its boundaries.
+    resumed = progressive.train_iterator(stages, global_batch_size=16, seed=0)
+    resumed.set_state(json.loads(json.dumps(states[step])))  # As the checkpoint stores it.
+    assert [_fingerprint(next(resumed)) for _ in range(3 * spe - step)] == batches[step:]
+    resumed.close()
+
+
 def _record(monkeypatch):
   """({'train': (side, fingerprint) of each training batch, 'eval': side of each evaluation
   batch}, in order; the train steps built)."""
@@ -64,12 +96,10 @@ def _record(monkeypatch):
   global_batch, build = parallel.global_batch, steps.build
 
   def recording_batch(local, mesh):
-    side = local["image"].shape[1]
     if "mask" in local:
-      seen["eval"].append(side)
+      seen["eval"].append(local["image"].shape[1])
     else:
-      pixels = int(np.asarray(local["image"], np.int64).sum())
-      seen["train"].append((side, f"{local['label'].tolist()}:{pixels}"))
+      seen["train"].append(_fingerprint(local))
     return global_batch(local, mesh)
 
   def recording_build(*args, **kwargs):
