@@ -25,7 +25,7 @@ import grain
 import ml_collections
 from absl import logging
 
-from efficientnet_jax import data
+from efficientnet_jax import data, steps
 from efficientnet_jax.data.storage import Storage
 from efficientnet_jax.errors import ConfigError
 
@@ -159,7 +159,8 @@ class StagedIterator(grain.DatasetIterator):
       self._iterator = None
 
 
-def train_iterator(stages: list[Stage], *, global_batch_size: int, seed: int) -> Any:
+def train_iterator(stages: list[Stage], *, global_batch_size: int,
+                   seed: int) -> grain.DatasetIterator:
   """The run's training batches: data.train_iterator with one stage, else a StagedIterator."""
   if len(stages) == 1:
     return data.train_iterator(stages[0].config.data, global_batch_size=global_batch_size,
@@ -171,12 +172,13 @@ class StagedSteps:
   """The compiled steps of the stage in progress: its train step (built by `build` from the
   stage's config, when the stage starts) beside the run's eval step of `compiled`."""
 
-  def __init__(self, stages: list[Stage], compiled: Any, build: Callable[[ml_collections.ConfigDict], Any]):
+  def __init__(self, stages: list[Stage], compiled: steps.CompiledSteps,
+               build: Callable[[ml_collections.ConfigDict], steps.CompiledSteps]):
     self._stages, self._run, self._build = stages, compiled, build
     self._stage, self._compiled = None, compiled
 
-  def at(self, step: int) -> Any:
-    """The steps training step `step` (the run's own with one stage)."""
+  def at(self, step: int) -> steps.CompiledSteps:
+    """The steps that train step `step` (the run's own with one stage)."""
     if len(self._stages) == 1:
       return self._run
     stage = stage_at(self._stages, step)

@@ -34,7 +34,7 @@ def test_stages_split_the_epochs_and_ramp_size_and_regularization():
   assert [s.config.mixup.alpha for s in stages] == [0.0, 0.4, 0.8]
   assert {s.config.mixup.cutmix_alpha for s in stages} == {0.0}  # Not ramped: the config's.
   assert config.data.image_size == 224 and config.model.dropout_rate == -1.0  # Untouched.
-  assert progressive.stage_at(stages, 20) is stages[0] and progressive.stage_at(stages, 21) is stages[1]
+  assert [progressive.stage_at(stages, step).index for step in (20, 21, 69, 70)] == [0, 1, 2, 2]
 
   # The sizes in between are rounded to size_multiple; off: one stage, the config itself.
   config = _config(stages=4, min_image_size=128, size_multiple=16)
