@@ -6,10 +6,12 @@ import json
 
 import jax
 import numpy as np
+import pytest
 from test_train_e2e import _params, demo_config, demo_data  # noqa: F401 (demo_data: a fixture)
 
 from efficientnet_jax import config_checks, data, parallel, progressive, steps, train
 from efficientnet_jax.config import get_config
+from efficientnet_jax.errors import ConfigError
 
 
 def _config(**progressive_fields):
@@ -57,6 +59,11 @@ def test_bad_progressive_fields_are_one_line_errors_naming_them():
       "size); lower it, or set --config.progressive.stages=0 (off)."]
   config = _config(stages=2, ra_magnitude=(5, 9))
   assert "data.auto_augment='none'" in config_checks.problems(config)[0]
+  # A checkpoint of a run without stages (a plain Grain position) cannot resume in stages.
+  iterator = progressive.StagedIterator(progressive.plan(_config(stages=2), 7),
+                                        global_batch_size=16, seed=0)
+  with pytest.raises(ConfigError, match="written without progressive learning"):
+    iterator.set_state({"next_index": 3})
 
 
 def _fingerprint(batch) -> tuple[int, str]:
