@@ -174,6 +174,25 @@ def _mixup() -> ml_collections.ConfigDict:
   return m
 
 
+def _progressive() -> ml_collections.ConfigDict:
+  """Progressive learning as EfficientNetV2 trains (efficientnet_jax/progressive.py): the
+  epochs split evenly into stages; the image size grows from min_image_size (first stage)
+  to data.image_size (last), linearly, and each ramp goes linearly from its first to its
+  last value. One compile of the train step per stage; validation and the test always at
+  data.image_size; the batch size and the learning-rate schedule stay the run's."""
+  p = ml_collections.ConfigDict()
+  p.stages = 0  # Number of stages (<= train.num_epochs); 0 or 1 = off (V2 paper: 4).
+  p.min_image_size = 128  # The first stage's training side in pixels (<= data.image_size).
+  p.size_multiple = 8  # The stages in between train at sizes rounded to a multiple of this.
+  # Ramps: (first stage's value, last stage's value), or () to keep the field's own value
+  # in every stage. V2-S on ImageNet: dropout (0.1, 0.3), RandAugment magnitude (5, 15).
+  p.dropout_rate = ()  # model.dropout_rate before the classifier.
+  p.ra_magnitude = ()  # data.ra_magnitude (needs data.auto_augment="randaugment"), in [0, 10].
+  p.mixup_alpha = ()  # mixup.alpha (0 = no Mixup in that stage).
+  p.cutmix_alpha = ()  # mixup.cutmix_alpha (0 = no CutMix in that stage).
+  return p
+
+
 def _distill() -> ml_collections.ConfigDict:
   """Knowledge distillation from a frozen teacher (efficientnet_jax/distill.py)."""
   d = ml_collections.ConfigDict()
@@ -217,6 +236,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim = _optim()
   config.train = _train()
   config.mixup = _mixup()
+  config.progressive = _progressive()
   config.distill = _distill()
   config.checkpoint = _checkpoint()
   config.eval = _eval()

@@ -47,6 +47,13 @@ def _range_pair(low: float, high: float | None = None) -> Check:
   return ok
 
 
+def _ramp(low: float, high: float | None = None) -> Check:
+  """() (no ramp), or a (first, last) pair of values in [low, high] (high: inclusive)."""
+  def ok(v):
+    return len(v) == 0 or (len(v) == 2 and all(low <= x and (high is None or x <= high) for x in v))
+  return ok
+
+
 def _rules() -> list[Rule]:
   from efficientnet_jax.data import splits, verify  # pylint: disable=g-import-not-at-top
   from efficientnet_jax.run_model import INPUT_CONVENTIONS  # pylint: disable=g-import-not-at-top
@@ -107,6 +114,13 @@ def _rules() -> list[Rule]:
       Rule("mixup.prob", _in(0.0, 1.0, closed_high=True), "a probability in [0, 1]"),
       Rule("mixup.switch_prob", _in(0.0, 1.0, closed_high=True), "a probability in [0, 1]"),
       Rule("mixup.off_epoch", _at_least(0.0), ">= 0 (0 = never)"),
+      Rule("progressive.stages", _at_least(0), ">= 0 (0 or 1 = off)"),
+      Rule("progressive.min_image_size", _at_least(8), ">= 8 pixels"),
+      Rule("progressive.size_multiple", _at_least(1), ">= 1"),
+      Rule("progressive.dropout_rate", _ramp(0.0, 0.99), "() or (first, last) in [0, 0.99]"),
+      Rule("progressive.ra_magnitude", _ramp(0.0, 10.0), "() or (first, last) in [0, 10]"),
+      Rule("progressive.mixup_alpha", _ramp(0.0), "() or (first, last) >= 0"),
+      Rule("progressive.cutmix_alpha", _ramp(0.0), "() or (first, last) >= 0"),
       Rule("distill.alpha", _in(0.0, 1.0, closed_high=True), "in [0, 1]"),
       Rule("distill.temperature", _greater(0.0), "> 0"),
       Rule("distill.image_size", _at_least(0), ">= 0 (0 = the teacher's own)"),
@@ -135,6 +149,7 @@ def _get(config: ml_collections.ConfigDict, field: str) -> Any:
 def problems(config: ml_collections.ConfigDict) -> list[str]:
   """One line per field whose value cannot work (empty when all are fine)."""
   from efficientnet_jax.data import pipeline, storage, transforms  # pylint: disable=g-import-not-at-top
+  from efficientnet_jax import progressive  # pylint: disable=g-import-not-at-top
   from efficientnet_jax.run_model import model_options  # pylint: disable=g-import-not-at-top
 
   found = []
@@ -151,7 +166,8 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
                  f"{config.data.channels}: set both to 3 (RGB) or both to 1 (grayscale).")
   for check in (lambda: model_options(config), lambda: transforms.Options.from_config(config.data),
                 lambda: pipeline.normalization(config.data),
-                lambda: storage.Storage.from_config(config.data)):
+                lambda: storage.Storage.from_config(config.data),
+                lambda: progressive.check(config)):
     try:
       check()
     except UserError as e:

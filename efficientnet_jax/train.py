@@ -29,8 +29,9 @@ import numpy as np
 from absl import logging
 
 from efficientnet_jax import (checkpoint, config_checks, data, distill, metrics, optim, parallel,
-                              progress, run_model, steps, summaries)
+                              progress, progressive, run_model, steps, summaries)
 from efficientnet_jax.errors import ConfigError, NotFoundError, UserError
+from efficientnet_jax.models import EfficientNet
 
 
 class TrainingDiverged(UserError):
@@ -123,16 +124,25 @@ class Trainer:
     self.steps_per_epoch = data.steps_per_epoch(config.data, config.train.batch_size)
     self.total_steps = config.train.num_epochs * self.steps_per_epoch
 
-    self.compiled, self.state = steps.build(
-        model, config.optim, self.mesh, mean=convention.mean, std=convention.std,
-        steps_per_epoch=self.steps_per_epoch, num_epochs=config.train.num_epochs,
-        accumulate_steps=config.train.accumulate_steps, mixup_config=config.mixup,
-        teacher=distill.load_teacher(config.distill, model.options), seed=config.seed,
-        tta=config.eval.tta)
+    teacher = distill.load_teacher(config.distill, model.options)
+
+    def build_steps(config: ml_collections.ConfigDict, model: EfficientNet):
+      return steps.build(
+          model, config.optim, self.mesh, mean=convention.mean, std=convention.std,
+          steps_per_epoch=self.steps_per_epoch, num_epochs=config.train.num_epochs,
+          accumulate_steps=config.train.accumulate_steps, mixup_config=config.mixup,
+          teacher=teacher, seed=config.seed, tta=config.eval.tta)
+
+    self.compiled, self.state = build_steps(config, model)
+    # Progressive learning: each stage's train step, from a model of its dropout rate.
+    stages = progressive.plan(config, self.steps_per_epoch)
+    self.stage_steps = progressive.StagedSteps(
+        stages, self.compiled,
+        lambda stage: build_steps(stage, EfficientNet(run_model.model_options(stage)))[0])
     self.host = HostState(optim.Plateau.from_config(config.optim),
                           optim.EarlyStopping.from_config(config.optim))
-    self.train_iter = data.train_iterator(config.data, global_batch_size=config.train.batch_size,
-                                          seed=config.seed)
+    self.train_iter = progressive.train_iterator(stages, global_batch_size=config.train.batch_size,
+                                                 seed=config.seed)
     # Train metrics of the logging interval in progress (carried over a resume).
     self.train_metrics: metrics.TrainMetrics | None = None
     if ckpts.latest_step() is not None:
@@ -164,12 +174,12 @@ class Trainer:
     timer = progress.Throughput()
     while not self.finished_training():
       batch = next(self.train_iter)
+      compiled = self.stage_steps.at(self.step)
       if self.step == 0 and config.train.num_sample_images:
-        seen = self.compiled.model_view(batch["image"], batch["label"], self.step)
+        seen = compiled.model_view(batch["image"], batch["label"], self.step)
         self.writer.write_images(0, {"train/augmented_samples": summaries.image_grid(
             seen[:config.train.num_sample_images])[None]})
-      self.state, step_metrics = self.compiled.train(self.state,
-                                                     parallel.global_batch(batch, self.mesh))
+      self.state, step_metrics = compiled.train(self.state, parallel.global_batch(batch, self.mesh))
       self.step += 1
       timer.step(self.state, config.train.batch_size)
       self.train_metrics = metrics.merge(self.train_metrics, step_metrics)

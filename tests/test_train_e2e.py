@@ -118,8 +118,9 @@ def _record_train_batches(monkeypatch) -> list[str]:
   return seen
 
 
-def _params(workdir):
-  config = demo_config()
+def _params(workdir, config=None):
+  """(step, parameters, host state) of the latest checkpoint of `workdir` (a demo run)."""
+  config = config or demo_config()
   with checkpoint.Checkpoints(workdir, config.checkpoint) as ckpts:
     trainer = train.Trainer(train.resolve_config(config), workdir, ckpts)
     return trainer.step, jax.device_get(trainer.state.variables.params), trainer.host

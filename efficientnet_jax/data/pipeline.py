@@ -101,15 +101,16 @@ def steps_per_epoch(config: ml_collections.ConfigDict, global_batch_size: int) -
 
 
 def train_iterator(config: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
-                   process_index: int | None = None,
-                   process_count: int | None = None) -> grain.DatasetIterator:
+                   process_index: int | None = None, process_count: int | None = None,
+                   start_batch: int = 0) -> grain.DatasetIterator:
   """Endless training batches {'image': uint8 [B, S, S, C], 'label': int32 [B]}.
 
   Each epoch is a fresh seeded shuffle of the whole train split, cut to a multiple of the
   global batch; process i takes positions i, i + P, ... of it, so processes never overlap
   and all run `steps_per_epoch` steps per epoch. Augmentation is seeded per record, so
-  batches do not depend on the number of workers. Checkpoint with `get_state()` /
-  `set_state()` (or grain.checkpoint.CheckpointSave/Restore).
+  batches do not depend on the number of workers. start_batch: the first batch yielded is
+  batch `start_batch` of this sequence (the step a progressive-learning stage starts at).
+  Checkpoint with `get_state()` / `set_state()` (or grain.checkpoint.CheckpointSave/Restore).
   """
   process_index, process_count = _processes(process_index, process_count)
   local_batch = _local_batch(global_batch_size, process_count)
@@ -122,6 +123,8 @@ def train_iterator(config: ml_collections.ConfigDict, *, global_batch_size: int,
              .random_map(transform, seed=(seed + 1) % 2**32)[process_index::process_count]
              .repeat()
              .batch(local_batch, drop_remainder=True))
+  if start_batch:
+    dataset = dataset[start_batch:]
   return _to_iterator(dataset, config)
 
 
