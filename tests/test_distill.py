@@ -12,6 +12,7 @@ import pytest
 
 from efficientnet_jax import distill, parallel, steps, train
 from efficientnet_jax.models import ModelOptions
+from finished_run import finished_run
 from test_train_e2e import demo_config
 from test_train_steps import MEAN, SIZE, STD, Harness, _optim_config, frozen_bn_models, tiny_data
 
@@ -43,11 +44,12 @@ def test_alpha_one_and_the_students_own_weights_start_at_the_minimum():
 
 
 @pytest.fixture(scope="module")
-def teacher_run(demo_data, tmp_path_factory):  # noqa: F811 (the imported fixture)
-  workdir = str(tmp_path_factory.mktemp("teacher") / "run")
-  train.train_and_evaluate(demo_config(**{"train.num_epochs": 1, "eval.test_at_end": False}),
-                           workdir)
-  return workdir
+def teacher_run(tmp_path_factory):
+  """The session's finished demo run (tests/finished_run.py), its data shared by the student."""
+  workdir, _ = finished_run(tmp_path_factory)
+  os.environ["EFFICIENTNET_JAX_DEMO_DATA"] = os.path.join(os.path.dirname(workdir), "data")
+  yield workdir
+  del os.environ["EFFICIENTNET_JAX_DEMO_DATA"]
 
 
 def test_b0_student_distilled_from_a_trained_demo_teacher(teacher_run, tmp_path):
