@@ -7,7 +7,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from test_train_e2e import _params, demo_config, demo_data  # noqa: F401 (demo_data: a fixture)
+from test_train_e2e import _params, demo_config
 
 from efficientnet_jax import config_checks, data, parallel, progressive, steps, train
 from efficientnet_jax.config import get_config
