@@ -1,20 +1,24 @@
 """train_and_evaluate end to end on the demo config (synthetic data, tiny shapes):
 outputs, resumption, SIGTERM, configuration errors."""
 
+import dataclasses
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
-from efficientnet_jax import checkpoint, data, parallel, run_model, train
+from efficientnet_jax import checkpoint, data, metrics, parallel, run_model, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo.py")
@@ -299,3 +303,60 @@ def test_the_modern_preset_runs_end_to_end_with_flip_tta(demo_data, tmp_path):
   assert results["tta"] == "flip" and results["test"]["num_examples"] == 40
   assert results["steps"] == 2 * (128 - 25) // 16 and np.isfinite(results["test"]["loss"])
   assert set(results) >= {"test", "test_ema"}  # EMA on, as the preset says.
+
+
+def test_a_second_run_loads_the_train_step_from_the_compilation_cache(demo_data, tmp_path, caplog):
+  overrides = {"train.num_epochs": 1, "compile_cache": str(tmp_path / "xla")}
+  runs = []
+  for name in ("first", "second"):
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+      results = train.train_and_evaluate(demo_config(**overrides), str(tmp_path / name))
+    line = next(r.getMessage() for r in caplog.records if "train step" in r.getMessage()
+                and " in " in r.getMessage())
+    runs.append((results, line, float(line.split(" in ")[1].split(" s")[0])))
+  (first, first_line, first_s), (second, second_line, second_s) = runs
+  assert first_line.startswith("compiled train step in ") and "cache" not in first_line
+  assert second_line.startswith("train step from the compilation cache in ")
+  assert second_s < first_s  # Tracing and one run remain; the compilation is skipped.
+  assert second["test"] == first["test"]
+  split = second["time_split_sec"]
+  assert split["compile"] > 0 and split["validation"] > 0 and split["test"] > 0
+  assert abs(sum(split.values()) - second["wall_time_sec"]) < 0.05 * second["wall_time_sec"]
+
+
+def _no_work_step(batch_size: int):
+  """A train step that computes nothing: what is left is the loop's own time."""
+  done = metrics.TrainMetrics.single_from_model_output(
+      loss=jnp.zeros(batch_size), logits=jnp.zeros((batch_size, 4)),
+      labels=jnp.zeros(batch_size, jnp.int32), learning_rate=jnp.float32(1e-3),
+      finite=jnp.bool_(True), step=jnp.int32(1))
+  return lambda state, batch, teacher: (state.replace(step=state.step + 1), done)
+
+
+def test_data_wait_fraction_is_near_1_with_a_slow_input_and_near_0_from_memory(
+    demo_data, tmp_path, monkeypatch):
+  config = train.resolve_config(demo_config(**{
+      "train.log_every_steps": 2, "train.stop_at_step": 4, "train.num_sample_images": 0}))
+  with checkpoint.Checkpoints(str(tmp_path), config.checkpoint) as ckpts:
+    trainer = train.Trainer(config, str(tmp_path), ckpts)
+    batch = next(trainer.train_iter)
+    train.close(trainer.train_iter)
+
+    def batches():  # Steps 1-2 wait 0.4 s each for their batch, steps 3-4 take it from memory.
+      for step in range(4):
+        if step < 2:
+          time.sleep(0.4)
+        yield batch
+
+    logged = []
+    monkeypatch.setattr(trainer, "train_iter", batches())
+    monkeypatch.setattr(trainer, "compiled", dataclasses.replace(
+        trainer.compiled, train_step=_no_work_step(config.train.batch_size)))
+    monkeypatch.setattr(trainer, "save_latest", lambda: None)
+    monkeypatch.setattr(trainer.writer, "write_scalars", lambda step, s: logged.append(s))
+    assert trainer.train() is False
+  slow, in_memory = logged
+  assert slow["perf/data_wait_fraction"] > 0.8, slow
+  assert in_memory["perf/data_wait_fraction"] < 0.2, in_memory
+  assert slow["perf/h2d_time"] > 0 and in_memory["perf/h2d_time"] > 0
