@@ -52,7 +52,7 @@ def enable(setting: str = USER) -> str | None:
   compilation. Returns the folder."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=all
 
   for name, value in _options(setting).items():
     jax.config.update(name, value)

@@ -28,8 +28,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from efficientnet_jax import (checkpoint, compile_cache, config_checks, data, distill, metrics,
-                              optim, parallel, progress, run_model, steps, summaries)
+from efficientnet_jax import (checkpoint, compile_cache, config_checks, data, device_feed, distill,
+                              metrics, optim, parallel, progress, run_model, steps, summaries)
 from efficientnet_jax.errors import ConfigError, NotFoundError, UserError
 
 
@@ -135,6 +135,7 @@ class Trainer:
                           optim.EarlyStopping.from_config(config.optim))
     self.train_iter = data.train_iterator(config.data, global_batch_size=config.train.batch_size,
                                           seed=config.seed)
+    self.feed: device_feed.DevicePrefetch | None = None  # train()'s, on the train iterator.
     # Train metrics of the logging interval in progress (carried over a resume).
     self.train_metrics: metrics.TrainMetrics | None = None
     if ckpts.latest_step() is not None:
@@ -168,16 +169,14 @@ class Trainer:
     timer = progress.Throughput()
     split, start = self.split, self.step
     split.restart()
+    self.feed = device_feed.DevicePrefetch(self.train_iter, self.mesh, timing=split.timing)
     while not self.finished_training():
-      with split.timing("input_wait"):
-        batch = next(self.train_iter)
+      batch, device_batch = next(self.feed)
       if self.step == 0 and config.train.num_sample_images:
         with split.timing("compile"):
           seen = self.compiled.model_view(batch["image"], batch["label"], self.step)
           self.writer.write_images(0, {"train/augmented_samples": summaries.image_grid(
               seen[:config.train.num_sample_images])[None]})
-      with split.timing("host_to_device"):
-        device_batch = parallel.global_batch(batch, self.mesh)
       if self.step == start:  # Compiles, or loads from the compilation cache.
         with split.timing("compile"), compile_cache.reporting("train step"):
           self.state, step_metrics = self.compiled.train(self.state, device_batch)
@@ -276,7 +275,7 @@ class Trainer:
     with self.split.timing("checkpoint"):
       self._update_wall_time()
       meta = {**self.host.to_json(), "train_metrics": metrics.to_json(self.train_metrics)}
-      self.ckpts.save_latest(self.step, self.state, meta, self.train_iter)
+      self.ckpts.save_latest(self.step, self.state, meta, self.feed or self.train_iter)
     self.saved_step = self.step
 
   def _update_wall_time(self) -> None:
@@ -338,6 +337,7 @@ class Trainer:
     """Stops the input workers and frees the shared memory of their batches (batches still
     referenced from reference cycles would otherwise outlive the run: Python's resource
     tracker then reports them as leaked), and flushes TensorBoard."""
+    self.feed = None
     close(self.train_iter)
     gc.collect()
     self.writer.flush()

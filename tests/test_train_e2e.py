@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from efficientnet_jax import checkpoint, data, metrics, parallel, run_model, train
+from efficientnet_jax import (checkpoint, data, device_feed, metrics, parallel, run_model, steps,
+                              train)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo.py")
@@ -86,8 +87,8 @@ def test_demo_run_writes_checkpoints_events_and_results(demo_run):
   events.Reload()
   tags = events.Tags()
   for tag in ("train/loss", "train/accuracy", "train/learning_rate", "perf/images_per_sec",
-              "perf/step_time", "train/epoch", "val/loss", "val/top1", "val/top5",
-              "val_ema/top1", "test/top1", "test/top5"):
+              "perf/step_time", "perf/data_wait_fraction", "perf/h2d_time", "train/epoch",
+              "val/loss", "val/top1", "val/top5", "val_ema/top1", "test/top1", "test/top5"):
     assert tag in tags["tensors"], tag
   images = tags["tensors"]  # TF2 summaries store images as tensors too.
   assert "train/augmented_samples" in images and "test/confusion_matrix" in images
@@ -118,16 +119,16 @@ def test_load_trained_reproduces_the_test_top1_of_results_json(demo_run):
 
 
 def _record_train_batches(monkeypatch) -> list[str]:
-  """Fingerprints of every training batch that reaches the device."""
+  """Fingerprints of every training batch a train step consumes (not those prefetched)."""
   seen = []
-  original = parallel.global_batch
+  original = steps.CompiledSteps.train
 
-  def recording(local, mesh):
-    if "mask" not in local:  # Evaluation batches carry a mask.
-      seen.append(f"{local['label'].tolist()}:{int(np.asarray(local['image'], np.int64).sum())}")
-    return original(local, mesh)
+  def recording(self, state, batch):
+    seen.append(f"{np.asarray(batch['label']).tolist()}:"
+                f"{int(np.asarray(batch['image'], np.int64).sum())}")
+    return original(self, state, batch)
 
-  monkeypatch.setattr(parallel, "global_batch", recording)
+  monkeypatch.setattr(steps.CompiledSteps, "train", recording)
   return seen
 
 
@@ -337,26 +338,52 @@ def _no_work_step(batch_size: int):
 def test_data_wait_fraction_is_near_1_with_a_slow_input_and_near_0_from_memory(
     demo_data, tmp_path, monkeypatch):
   config = train.resolve_config(demo_config(**{
-      "train.log_every_steps": 2, "train.stop_at_step": 4, "train.num_sample_images": 0}))
+      "train.log_every_steps": 1, "train.stop_at_step": 4, "train.num_sample_images": 0}))
   with checkpoint.Checkpoints(str(tmp_path), config.checkpoint) as ckpts:
     trainer = train.Trainer(config, str(tmp_path), ckpts)
     batch = next(trainer.train_iter)
     train.close(trainer.train_iter)
 
-    def batches():  # Steps 1-2 wait 0.4 s each for their batch, steps 3-4 take it from memory.
-      for step in range(4):
-        if step < 2:
+    class Batches:  # The first 3 batches take 0.4 s each, the others come from memory.
+      fetched = 0
+
+      def __next__(self):
+        self.fetched += 1
+        if self.fetched <= 3:
           time.sleep(0.4)
-        yield batch
+        return batch
+
+      def get_state(self):
+        return {"fetched": self.fetched}
 
     logged = []
-    monkeypatch.setattr(trainer, "train_iter", batches())
+    monkeypatch.setattr(trainer, "train_iter", Batches())
     monkeypatch.setattr(trainer, "compiled", dataclasses.replace(
         trainer.compiled, train_step=_no_work_step(config.train.batch_size)))
     monkeypatch.setattr(trainer, "save_latest", lambda: None)
     monkeypatch.setattr(trainer.writer, "write_scalars", lambda step, s: logged.append(s))
     assert trainer.train() is False
-  slow, in_memory = logged
+  # One line per step; step 1 (also the first use of the metrics' ops) is left out. Step 2
+  # waits for batch 3 (batch 2 came with step 1: prefetch), steps 3-4 for batches 4-5.
+  _, slow, *in_memory = logged
   assert slow["perf/data_wait_fraction"] > 0.8, slow
-  assert in_memory["perf/data_wait_fraction"] < 0.2, in_memory
-  assert slow["perf/h2d_time"] > 0 and in_memory["perf/h2d_time"] > 0
+  assert len(in_memory) == 2 and all(s["perf/data_wait_fraction"] < 0.2 for s in in_memory), in_memory
+  assert all(s["perf/h2d_time"] > 0 for s in logged)
+
+
+def test_device_prefetch_saves_the_position_of_the_batches_handed_out(demo_data):
+  config = train.resolve_config(demo_config())
+  make = lambda: data.train_iterator(config.data, global_batch_size=16, seed=config.seed)
+  labels = lambda batch: np.asarray(batch["label"]).tolist()
+  reference = make()
+  expected = [labels(next(reference)) for _ in range(5)]
+  iterator = make()
+  feed = device_feed.DevicePrefetch(iterator, parallel.create_mesh())
+  handed_out = [labels(next(feed)[1]) for _ in range(3)]
+  assert handed_out == expected[:3]
+  assert labels(next(iterator)) == expected[4]  # Batch 4 is in flight, on the device.
+  resumed = make()
+  resumed.set_state(json.loads(feed.get_state()))
+  assert labels(next(resumed)) == expected[3]
+  for it in (reference, iterator, resumed):
+    train.close(it)
