@@ -51,8 +51,8 @@ def enable(setting: str = USER) -> str | None:
   """Points JAX at the cache folder (or turns the cache off); call before the first
   compilation. Returns the folder."""
   import jax  # pylint: disable=g-import-not-at-top
-
-  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=all
+  from jax.experimental.compilation_cache import (  # pylint: disable=g-import-not-at-top
+      compilation_cache)
 
   for name, value in _options(setting).items():
     jax.config.update(name, value)
@@ -68,15 +68,13 @@ def export(setting: str = USER) -> None:
 
 
 @contextlib.contextmanager
-def reporting(what: str) -> Iterator[dict[str, float | bool]]:
+def reporting(what: str) -> Iterator[None]:
   """Times the block (the first call of a step, waited for: tracing, compiling or loading,
   one run) and logs one line: compiled in N s, or loaded from the compilation cache in N s
-  (every program it needed was a hit). Yields a dict that holds "seconds" and "cache_hit"
-  after the block."""
+  (every program it needed was a hit), with the compile time that saved."""
   import jax  # pylint: disable=g-import-not-at-top
 
   counts: collections.Counter[str] = collections.Counter()
-
   saved = [0.0]
 
   def listener(event: str, **_) -> None:
@@ -86,21 +84,19 @@ def reporting(what: str) -> Iterator[dict[str, float | bool]]:
     if event == _SAVED:
       saved[0] += seconds
 
-  report: dict[str, float | bool] = {}
   jax.monitoring.register_event_listener(listener)
   jax.monitoring.register_event_duration_secs_listener(duration_listener)
   start = time.perf_counter()
   try:
-    yield report
+    yield
   finally:
     jax.monitoring.unregister_event_listener(listener)
     jax.monitoring.unregister_event_duration_listener(duration_listener)
-  report["seconds"] = time.perf_counter() - start
-  report["cache_hit"] = bool(counts[_HITS]) and counts[_HITS] == counts[_REQUESTS]
-  if report["cache_hit"]:
+  seconds = time.perf_counter() - start
+  if counts[_HITS] and counts[_HITS] == counts[_REQUESTS]:
     logging.info("%s from the compilation cache in %.1f s (tracing, loading, one run; %.1f s "
-                 "of compilation saved)", what, report["seconds"], saved[0])
+                 "of compilation saved)", what, seconds, saved[0])
   else:
     on = jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir
     cached = "" if on else " (compilation cache off)"
-    logging.info("compiled %s in %.1f s%s", what, report["seconds"], cached)
+    logging.info("compiled %s in %.1f s%s", what, seconds, cached)
