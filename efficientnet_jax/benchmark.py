@@ -22,6 +22,9 @@ def main(argv: list[str]) -> None:
   names = subcommands()
   if len(argv) < 2 or argv[1] not in names:
     sys.exit(f"usage: python -m efficientnet_jax.benchmark {{{','.join(names)}}} [flags]")
+  from efficientnet_jax import compile_cache  # pylint: disable=g-import-not-at-top
+
+  compile_cache.export()  # Before JAX is imported; the processes a benchmark starts too.
   importlib.import_module(f"efficientnet_jax.benchmarks.{argv[1]}").main(argv[2:])
 
 

@@ -240,4 +240,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.distill = _distill()
   config.checkpoint = _checkpoint()
   config.eval = _eval()
+  # Persistent XLA compilation cache (efficientnet_jax/compile_cache.py): a repeated or
+  # resumed run loads its compiled steps instead of compiling them. "user":
+  # $JAX_COMPILATION_CACHE_DIR when set, else $XDG_CACHE_HOME/efficientnet_jax/xla
+  # (~/.cache/...); or a folder; "" = off. evaluate, predict and the benchmarks use "user".
+  config.compile_cache = "user"
   return config

@@ -32,8 +32,8 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from efficientnet_jax import (data, metrics, parallel, predict, run_model, steps, summaries,  # noqa: E402
-                              train)
+from efficientnet_jax import (compile_cache, data, metrics, parallel, predict, run_model,  # noqa: E402
+                              steps, summaries, train)
 from efficientnet_jax.errors import ConfigError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -218,6 +218,7 @@ def main(argv: list[str]) -> None:
     raise ConfigError(f"Unexpected arguments {argv[1:]}; all options are --flags.")
   if not FLAGS.workdir:
     raise ConfigError("--workdir is required: the directory of a training run.")
+  compile_cache.enable()
   report = evaluate_run(FLAGS.workdir, checkpoint=FLAGS.checkpoint, ema=FLAGS.ema,
                         split=FLAGS.split, tta=FLAGS.tta, config=FLAGS.config,
                         num_misclassified=FLAGS.num_misclassified)

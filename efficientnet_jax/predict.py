@@ -37,7 +37,7 @@ from absl import flags  # noqa: E402
 from flax import nnx  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from efficientnet_jax import run_model, steps  # noqa: E402
+from efficientnet_jax import compile_cache, run_model, steps  # noqa: E402
 from efficientnet_jax.data import DataError, transforms  # noqa: E402
 from efficientnet_jax.models import EfficientNet  # noqa: E402
 from efficientnet_jax.weights import InputConvention, create_pretrained, resolve_weights  # noqa: E402
@@ -244,6 +244,7 @@ def main(argv: list[str]) -> int:
   if not argv[1:]:
     raise ConfigError("Name at least one image, folder or glob pattern after the flags.")
   paths, errors = expand_inputs(argv[1:])
+  compile_cache.enable()
   classifier = load_classifier(workdir=FLAGS.workdir, weights=FLAGS.weights,
                                checkpoint=FLAGS.checkpoint, ema=FLAGS.ema)
   for error in errors:  # After the model loaded: a bad --workdir is the one error then.

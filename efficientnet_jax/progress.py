@@ -47,10 +47,12 @@ class Progress:
     eta = self.eta_seconds(step)
     eta_text = "?" if np.isnan(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
     logging.info(
-        "epoch %d/%d step %d/%d (%.0f%%) loss=%.4f acc=%.3f lr=%.2e %.1f img/s %.3f s/step ETA %s",
+        "epoch %d/%d step %d/%d (%.0f%%) loss=%.4f acc=%.3f lr=%.2e %.1f img/s %.3f s/step "
+        "data wait %.0f%% h2d %.1f ms ETA %s",
         epoch, num_epochs, step, self.total_steps, 100.0 * step / max(self.total_steps, 1),
         scalars["train/loss"], scalars["train/accuracy"], scalars["train/learning_rate"],
-        scalars["perf/images_per_sec"], scalars["perf/step_time"], eta_text)
+        scalars["perf/images_per_sec"], scalars["perf/step_time"],
+        100 * scalars["perf/data_wait_fraction"], 1e3 * scalars["perf/h2d_time"], eta_text)
 
 
 class Throughput:
@@ -83,3 +85,78 @@ class Throughput:
       return None
     jax.block_until_ready(state)
     return self._images / (time.perf_counter() - self._start - self._paused)
+
+
+class TimeSplit:
+  """Where the training loop's wall time goes: the parts timed with `timing` (a part timed
+  inside another counts only for itself) and "train_steps", the rest (dispatching steps and
+  waiting for them). Per logging interval (`interval`), per epoch (`end_epoch`) and in all.
+
+  Parts: "setup" (from `since` to the creation: restoring, building the model),
+  "compile" (the session's first step and sample images: compilation or the cache load,
+  and one run), "input_wait" (next(iterator)), "host_to_device" (the batch's transfer
+  call), "validation", "checkpoint" (the blocking part of writes), "test"."""
+
+  PARTS = ("setup", "compile", "input_wait", "host_to_device", "validation", "checkpoint",
+           "test")
+
+  def __init__(self, since: float):
+    self._start = since
+    self._total = dict.fromkeys(self.PARTS, 0.0)
+    self._total["setup"] = time.perf_counter() - since
+    self._inner = 0.0  # Seconds of parts timed inside the one being timed.
+    self.restart()
+
+  def restart(self) -> None:
+    """Starts the interval and epoch clocks (the time since counts as train_steps)."""
+    self._epoch = dict.fromkeys(self.PARTS, 0.0)
+    self._interval = dict.fromkeys(self.PARTS, 0.0)
+    self._epoch_start = self._interval_start = time.perf_counter()
+    self._interval_steps = 0
+
+  @contextlib.contextmanager
+  def timing(self, part: str):
+    outer, self._inner = self._inner, 0.0
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      seconds = time.perf_counter() - start
+      for split in (self._total, self._epoch, self._interval):
+        split[part] += seconds - self._inner
+      self._inner = outer + seconds
+
+  def step(self) -> None:
+    self._interval_steps += 1
+
+  def interval(self) -> dict[str, float]:
+    """perf/ scalars since the previous call: the share of the loop's time (compilation
+    and validation aside) spent waiting for input, and the transfer call's time per step."""
+    now = time.perf_counter()
+    parts, steps = self._interval, max(self._interval_steps, 1)
+    busy = now - self._interval_start - parts["compile"] - parts["validation"] - parts["test"]
+    scalars = {"perf/data_wait_fraction": parts["input_wait"] / max(busy, 1e-9),
+               "perf/h2d_time": parts["host_to_device"] / steps}
+    self._interval = dict.fromkeys(self.PARTS, 0.0)
+    self._interval_start, self._interval_steps = now, 0
+    return scalars
+
+  def total(self) -> dict[str, float]:
+    """The seconds of each part (and train_steps) since the start."""
+    return {"train_steps": time.perf_counter() - self._start - sum(self._total.values()),
+            **self._total}
+
+  def end_epoch(self) -> dict[str, float]:
+    """The seconds of each part (and train_steps) since the previous call."""
+    now = time.perf_counter()
+    split = {"train_steps": now - self._epoch_start - sum(self._epoch.values()), **self._epoch}
+    self._epoch = dict.fromkeys(self.PARTS, 0.0)
+    self._epoch_start = now
+    return split
+
+
+def format_split(split: Mapping[str, float]) -> str:
+  """'train_steps 5.1 s (61%), input_wait 0.4 s (5%), ...' (parts that took any time)."""
+  total = max(sum(split.values()), 1e-9)
+  return ", ".join(f"{part} {seconds:.1f} s ({100 * seconds / total:.0f}%)"
+                   for part, seconds in split.items() if seconds >= 0.05)

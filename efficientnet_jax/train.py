@@ -28,8 +28,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from efficientnet_jax import (checkpoint, config_checks, data, distill, metrics, optim, parallel,
-                              progress, progressive, run_model, steps, summaries)
+from efficientnet_jax import (checkpoint, compile_cache, config_checks, data, device_feed, distill,
+                              metrics, optim, parallel, progress, progressive, run_model, steps,
+                              summaries)
 from efficientnet_jax.errors import ConfigError, NotFoundError, UserError
 from efficientnet_jax.models import EfficientNet
 
@@ -48,6 +49,7 @@ class HostState:
   best_val_top1: float = -1.0
   wall_seconds: float = 0.0  # Over all sessions of this run.
   train_images_per_sec: float | None = None  # Of the last session that trained.
+  time_split: dict[str, float] = dataclasses.field(default_factory=dict)  # progress.TimeSplit's.
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -62,6 +64,7 @@ class HostState:
     self.best_val_top1 = meta["best_val_top1"]
     self.wall_seconds = meta["wall_seconds"]
     self.train_images_per_sec = meta.get("train_images_per_sec")
+    self.time_split = dict(meta.get("time_split", {}))
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -143,6 +146,7 @@ class Trainer:
                           optim.EarlyStopping.from_config(config.optim))
     self.train_iter = progressive.train_iterator(stages, global_batch_size=config.train.batch_size,
                                                  seed=config.seed)
+    self.feed: device_feed.DevicePrefetch | None = None  # train()'s, on the train iterator.
     # Train metrics of the logging interval in progress (carried over a resume).
     self.train_metrics: metrics.TrainMetrics | None = None
     if ckpts.latest_step() is not None:
@@ -153,12 +157,14 @@ class Trainer:
     self.step = int(self.state.step)
     self.saved_step = self.step if ckpts.latest_step() is not None else None
     self.wall_before = self.host.wall_seconds
+    self.split_before = dict(self.host.time_split)
 
     self.repl = parallel.replicated(self.mesh)
     self.writer = summaries.create_writer(workdir)
     if self.step == 0:
       summaries.write_run_info(workdir, config, self.writer)
     run_model.save(workdir, model.options, convention, self.class_names)
+    self.split = progress.TimeSplit(since=self.session_start)
 
   def finished_training(self) -> bool:
     return self.step >= self.total_steps or self.host.stopped_early
@@ -172,15 +178,26 @@ class Trainer:
                  config.train.num_epochs, config.train.batch_size, self.mesh.devices.size, self.step)
     console = progress.Progress(self.total_steps, self.step, config.train.batch_size)
     timer = progress.Throughput()
+    split, last_compiled = self.split, None
+    split.restart()
+    self.feed = device_feed.DevicePrefetch(self.train_iter, self.mesh, timing=split.timing)
     while not self.finished_training():
-      batch = next(self.train_iter)
+      batch, device_batch = next(self.feed)
       compiled = self.stage_steps.at(self.step)
       if self.step == 0 and config.train.num_sample_images:
-        seen = compiled.model_view(batch["image"], batch["label"], self.step)
-        self.writer.write_images(0, {"train/augmented_samples": summaries.image_grid(
-            seen[:config.train.num_sample_images])[None]})
-      self.state, step_metrics = compiled.train(self.state, parallel.global_batch(batch, self.mesh))
+        with split.timing("compile"):
+          seen = compiled.model_view(batch["image"], batch["label"], self.step)
+          self.writer.write_images(0, {"train/augmented_samples": summaries.image_grid(
+              seen[:config.train.num_sample_images])[None]})
+      if compiled is not last_compiled:  # Compiles (or loads from the cache): once per stage.
+        with split.timing("compile"), compile_cache.reporting("train step"):
+          self.state, step_metrics = compiled.train(self.state, device_batch)
+          jax.block_until_ready(self.state)
+        last_compiled = compiled
+      else:
+        self.state, step_metrics = compiled.train(self.state, device_batch)
       self.step += 1
+      split.step()
       timer.step(self.state, config.train.batch_size)
       self.train_metrics = metrics.merge(self.train_metrics, step_metrics)
       self.ckpts.check_saves()
@@ -189,15 +206,16 @@ class Trainer:
       if logged:
         self._check_finite()
         scalars = {**self.compiled.train_scalars(self.train_metrics), **console.timing(self.step),
-                   "train/epoch": self.step / spe}
+                   **split.interval(), "train/epoch": self.step / spe}
         self.writer.write_scalars(self.step, scalars)
         console.log(self.step, epoch + (1 if in_epoch else 0), config.train.num_epochs, scalars)
         self.train_metrics = None
       if not in_epoch and (epoch % config.train.eval_every_epochs == 0
                            or self.step == self.total_steps):
-        with timer.paused(self.state):
+        with timer.paused(self.state), split.timing("validation"):
           self.validate(epoch)
         console.timing(self.step)  # The next interval's throughput excludes validation.
+        split.interval()
       # Processes must stop after the same step, even if a signal reached only some of
       # them: with several, they agree (a collective) where the host waits anyway.
       poll = jax.process_count() == 1 or logged
@@ -207,6 +225,8 @@ class Trainer:
         self.host.train_images_per_sec = (timer.images_per_sec(self.state)
                                           or self.host.train_images_per_sec)
         self.save_latest()
+      if not in_epoch:
+        logging.info("epoch %d time: %s", epoch, progress.format_split(split.end_epoch()))
       if stop_now:
         logging.info("Stopping at step %d; rerun with the same workdir to resume.", self.step)
         return False
@@ -254,8 +274,9 @@ class Trainer:
       host.stopped_early = True
     host.best_val_top1 = max(host.best_val_top1, top1)
     if self.ckpts.is_among_best(top1):
-      self.ckpts.save_best(self.step, variables, {"epoch": epoch, "step": self.step, **scalars},
-                           top1)
+      with self.split.timing("checkpoint"):
+        self.ckpts.save_best(self.step, variables, {"epoch": epoch, "step": self.step, **scalars},
+                             top1)
     logging.info("epoch %d/%d validation: loss=%.4f top1=%.4f top5=%.4f (best top1 %.4f)%s",
                  epoch, self.config.train.num_epochs, loss, top1, scalars["val/top5"],
                  host.best_val_top1, " -> early stop" if host.stopped_early else "")
@@ -263,10 +284,19 @@ class Trainer:
   def save_latest(self) -> None:
     """Saves a 'latest' checkpoint, after checking that everything in it is finite."""
     self._check_finite()
-    self.host.wall_seconds = self.wall_before + time.perf_counter() - self.session_start
-    meta = {**self.host.to_json(), "train_metrics": metrics.to_json(self.train_metrics)}
-    self.ckpts.save_latest(self.step, self.state, meta, self.train_iter)
+    jax.block_until_ready(self.state)  # Its steps' time is not the checkpoint's.
+    with self.split.timing("checkpoint"):
+      self._update_wall_time()
+      meta = {**self.host.to_json(), "train_metrics": metrics.to_json(self.train_metrics)}
+      self.ckpts.save_latest(self.step, self.state, meta, self.feed or self.train_iter)
     self.saved_step = self.step
+
+  def _update_wall_time(self) -> None:
+    """The run's wall time and time split so far, over all its sessions."""
+    self.host.wall_seconds = self.wall_before + time.perf_counter() - self.session_start
+    session = self.split.total()
+    self.host.time_split = {part: self.split_before.get(part, 0.0) + session[part]
+                            for part in session}
 
   def test_best(self) -> dict[str, Any] | None:
     """Evaluates the best checkpoint on test; writes results.json and TensorBoard summaries.
@@ -276,7 +306,8 @@ class Trainer:
       raise NotFoundError(
           f"No best checkpoint in {self.workdir}/checkpoints/best to test: no validation ran.")
     best, best_meta = restored
-    test = self.evaluate(best.weights(), "test", self.stop.requested)
+    with self.split.timing("test"):
+      test = self.evaluate(best.weights(), "test", self.stop.requested)
     if test is None:
       return None
     confusion = np.asarray(jax.device_get(test.confusion.compute()))
@@ -290,17 +321,21 @@ class Trainer:
         "epochs": self.step // self.steps_per_epoch,
         "steps": self.step,
         "stopped_early": self.host.stopped_early,
-        "wall_time_sec": self.host.wall_seconds,
+        "wall_time_sec": None,  # Below, after the test evaluations.
         "train_images_per_sec": self.host.train_images_per_sec,
         "tta": self.config.eval.tta,
+        "time_split_sec": None,
     }
     if best.ema is not None:
-      ema = self.evaluate(best.weights(ema=True), "test", self.stop.requested)
+      with self.split.timing("test"):
+        ema = self.evaluate(best.weights(ema=True), "test", self.stop.requested)
       if ema is None:
         return None
       ema = metrics.scalars(ema, "test_ema")
       results["test_ema"] = {k.split("/")[1]: v for k, v in ema.items()}
       scalars.update(ema)
+    self._update_wall_time()
+    results.update(wall_time_sec=self.host.wall_seconds, time_split_sec=self.host.time_split)
     self.writer.write_scalars(self.step, scalars)
     self.writer.write_images(self.step, {
         "test/confusion_matrix": summaries.confusion_image(confusion)[None]})
@@ -315,6 +350,7 @@ class Trainer:
     """Stops the input workers and frees the shared memory of their batches (batches still
     referenced from reference cycles would otherwise outlive the run: Python's resource
     tracker then reports them as leaked), and flushes TensorBoard."""
+    self.feed = None
     close(self.train_iter)
     gc.collect()
     self.writer.flush()
@@ -328,6 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   goes straight to the test evaluation when training had finished).
   """
   config = resolve_config(config)
+  compile_cache.enable(config.compile_cache)
   os.makedirs(workdir, exist_ok=True)
   with contextlib.ExitStack() as stack:
     stack.enter_context(checkpoint.WorkdirLock(workdir))

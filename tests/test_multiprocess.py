@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from test_train_configs import load_config
 
-from efficientnet_jax import checkpoint, data, parallel, ports, train
+from efficientnet_jax import checkpoint, data, ports, steps, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo.py")
@@ -129,15 +129,14 @@ def continued_on_one(runs, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("continued_on_one") / "run")
   shutil.copytree(runs["multi"], workdir)
   seen = []
-  original = parallel.global_batch
+  original = steps.CompiledSteps.train
 
-  def recording(local, mesh):
-    if "mask" not in local:  # Training batches only.
-      seen.append(np.asarray(local["label"]).tolist())
-    return original(local, mesh)
+  def recording(self, state, batch):  # The batches steps consume (not those prefetched).
+    seen.append(np.asarray(batch["label"]).tolist())
+    return original(self, state, batch)
 
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(parallel, "global_batch", recording)
+    patch.setattr(steps.CompiledSteps, "train", recording)
     assert train.train_and_evaluate(demo_config(**CONTINUE), workdir) is None  # Stopped, saved.
   return workdir, seen
 

@@ -1,20 +1,25 @@
 """train_and_evaluate end to end on the demo config (synthetic data, tiny shapes):
 outputs, resumption, SIGTERM, configuration errors."""
 
+import dataclasses
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
-from efficientnet_jax import checkpoint, data, parallel, run_model, train
+from efficientnet_jax import (checkpoint, data, device_feed, metrics, parallel, run_model, steps,
+                              train)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo.py")
@@ -73,8 +78,8 @@ def test_demo_run_writes_checkpoints_events_and_results(demo_run):
   events.Reload()
   tags = events.Tags()
   for tag in ("train/loss", "train/accuracy", "train/learning_rate", "perf/images_per_sec",
-              "perf/step_time", "train/epoch", "val/loss", "val/top1", "val/top5",
-              "val_ema/top1", "test/top1", "test/top5"):
+              "perf/step_time", "perf/data_wait_fraction", "perf/h2d_time", "train/epoch",
+              "val/loss", "val/top1", "val/top5", "val_ema/top1", "test/top1", "test/top5"):
     assert tag in tags["tensors"], tag
   images = tags["tensors"]  # TF2 summaries store images as tensors too.
   assert "train/augmented_samples" in images and "test/confusion_matrix" in images
@@ -105,16 +110,16 @@ def test_load_trained_reproduces_the_test_top1_of_results_json(demo_run):
 
 
 def _record_train_batches(monkeypatch) -> list[str]:
-  """Fingerprints of every training batch that reaches the device."""
+  """Fingerprints of every training batch a train step consumes (not those prefetched)."""
   seen = []
-  original = parallel.global_batch
+  original = steps.CompiledSteps.train
 
-  def recording(local, mesh):
-    if "mask" not in local:  # Evaluation batches carry a mask.
-      seen.append(f"{local['label'].tolist()}:{int(np.asarray(local['image'], np.int64).sum())}")
-    return original(local, mesh)
+  def recording(self, state, batch):
+    seen.append(f"{np.asarray(batch['label']).tolist()}:"
+                f"{int(np.asarray(batch['image'], np.int64).sum())}")
+    return original(self, state, batch)
 
-  monkeypatch.setattr(parallel, "global_batch", recording)
+  monkeypatch.setattr(steps.CompiledSteps, "train", recording)
   return seen
 
 
@@ -291,3 +296,86 @@ def test_the_modern_preset_runs_end_to_end_with_flip_tta(demo_data, tmp_path):
   assert results["tta"] == "flip" and results["test"]["num_examples"] == 40
   assert results["steps"] == 2 * (128 - 25) // 16 and np.isfinite(results["test"]["loss"])
   assert set(results) >= {"test", "test_ema"}  # EMA on, as the preset says.
+
+
+def test_a_second_run_loads_the_train_step_from_the_compilation_cache(demo_data, tmp_path, caplog):
+  overrides = {"train.num_epochs": 1, "compile_cache": str(tmp_path / "xla")}
+  runs = []
+  for name in ("first", "second"):
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+      results = train.train_and_evaluate(demo_config(**overrides), str(tmp_path / name))
+    line = next(r.getMessage() for r in caplog.records if "train step" in r.getMessage()
+                and " in " in r.getMessage())
+    runs.append((results, line, float(line.split(" in ")[1].split(" s")[0])))
+  (first, first_line, first_s), (second, second_line, second_s) = runs
+  assert first_line.startswith("compiled train step in ") and "cache" not in first_line
+  assert second_line.startswith("train step from the compilation cache in ")
+  assert second_s < first_s  # Tracing and one run remain; the compilation is skipped.
+  assert second["test"] == first["test"]
+  split = second["time_split_sec"]
+  assert split["compile"] > 0 and split["validation"] > 0 and split["test"] > 0
+  assert abs(sum(split.values()) - second["wall_time_sec"]) < 0.05 * second["wall_time_sec"]
+
+
+def _no_work_step(batch_size: int):
+  """A train step that computes nothing: what is left is the loop's own time."""
+  done = metrics.TrainMetrics.single_from_model_output(
+      loss=jnp.zeros(batch_size), logits=jnp.zeros((batch_size, 4)),
+      labels=jnp.zeros(batch_size, jnp.int32), learning_rate=jnp.float32(1e-3),
+      finite=jnp.bool_(True), step=jnp.int32(1))
+  return lambda state, batch, teacher: (state.replace(step=state.step + 1), done)
+
+
+def test_data_wait_fraction_is_near_1_with_a_slow_input_and_near_0_from_memory(
+    demo_data, tmp_path, monkeypatch):
+  config = train.resolve_config(demo_config(**{
+      "train.log_every_steps": 1, "train.stop_at_step": 4, "train.num_sample_images": 0}))
+  with checkpoint.Checkpoints(str(tmp_path), config.checkpoint) as ckpts:
+    trainer = train.Trainer(config, str(tmp_path), ckpts)
+    batch = next(trainer.train_iter)
+    train.close(trainer.train_iter)
+
+    class Batches:  # The first 3 batches take 0.4 s each, the others come from memory.
+      fetched = 0
+
+      def __next__(self):
+        self.fetched += 1
+        if self.fetched <= 3:
+          time.sleep(0.4)
+        return batch
+
+      def get_state(self):
+        return {"fetched": self.fetched}
+
+    logged = []
+    monkeypatch.setattr(trainer, "train_iter", Batches())
+    monkeypatch.setattr(trainer, "compiled", dataclasses.replace(
+        trainer.compiled, train_step=_no_work_step(config.train.batch_size)))
+    monkeypatch.setattr(trainer, "save_latest", lambda: None)
+    monkeypatch.setattr(trainer.writer, "write_scalars", lambda step, s: logged.append(s))
+    assert trainer.train() is False
+  # One line per step; step 1 (also the first use of the metrics' ops) is left out. Step 2
+  # waits for batch 3 (batch 2 came with step 1: prefetch), steps 3-4 for batches 4-5.
+  _, slow, *in_memory = logged
+  assert slow["perf/data_wait_fraction"] > 0.8, slow
+  assert len(in_memory) == 2 and all(s["perf/data_wait_fraction"] < 0.2 for s in in_memory), in_memory
+  assert all(s["perf/h2d_time"] > 0 for s in logged)
+
+
+def test_device_prefetch_saves_the_position_of_the_batches_handed_out(demo_data):
+  config = train.resolve_config(demo_config())
+  make = lambda: data.train_iterator(config.data, global_batch_size=16, seed=config.seed)
+  labels = lambda batch: np.asarray(batch["label"]).tolist()
+  reference = make()
+  expected = [labels(next(reference)) for _ in range(5)]
+  iterator = make()
+  feed = device_feed.DevicePrefetch(iterator, parallel.create_mesh())
+  handed_out = [labels(next(feed)[1]) for _ in range(3)]
+  assert handed_out == expected[:3]
+  assert labels(next(iterator)) == expected[4]  # Batch 4 is in flight, on the device.
+  resumed = make()
+  resumed.set_state(json.loads(feed.get_state()))
+  assert labels(next(resumed)) == expected[3]
+  for it in (reference, iterator, resumed):
+    train.close(it)
