@@ -1,7 +1,7 @@
 """End-to-end benchmark: the train step fed by the real Grain pipeline vs an on-device batch.
 
   python -m efficientnet_jax.benchmark e2e [--arch=b0] [--batch=64] [--res=224]
-      [--dir=DIR] [--workers=N] [--steps=10] [--repeats=3] [--dtype=bfloat16]
+      [--dir=DIR] [--workers=N] [--steps=10] [--repeats=3] [--dtype=bfloat16] [--feature=mixup]
 
 Both feeds use the same compiled step (benchmarks.step.JaxSteps). "synthetic" feeds one
 fixed batch already on the device; "pipeline" feeds batches from data.train_iterator
@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--warmup", type=int, default=3, help="Untimed steps before each round.")
   p.add_argument("--repeats", type=int, default=3,
                  help="Rounds of each feed, alternating (median, min-max reported).")
+  p.add_argument("--feature", default="", help="A train-step option in both feeds, as in "
+                 "benchmark step: mixup (Mixup/CutMix), sam, accumulate=K, distill=ARCH.")
   input_benchmark.add_data_args(p, synthetic_images=512)
   p.add_argument("--json", default="", help="Also write the results to this file.")
   return p
@@ -90,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = input_benchmark.data_config(args, workdir)
     preparation.ensure_prepared(config)
     bench = JaxSteps(args.arch, args.batch, args.res, args.dtype, args.depthwise, remat=False,
-                     channels=config.channels)
+                     channels=config.channels, feature=args.feature)
     it = pipeline.train_iterator(config, global_batch_size=args.batch, seed=0, process_index=0,
                                  process_count=1)
     feeds = {"synthetic": bench.train,
