@@ -17,6 +17,7 @@ Without --dir it writes ~700x480 JPEGs (as `input`).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -105,7 +106,9 @@ def main(argv: Sequence[str] | None = None) -> None:
           rates[name].append(args.batch * args.steps / seconds)
           cores[name].append(None if cpu is None else cpu / seconds)
     finally:
-      it.close()
+      it.close()  # Its workers and their shared memory; batches still held by reference
+      feeds.clear()  # cycles would outlive the run (the resource tracker's warning), so
+      gc.collect()  # collect them now, as the trainer does.
   measured = all(c is not None for v in cores.values() for c in v)
   result = dict(arch=args.arch, res=args.res, batch=args.batch, dtype=args.dtype,
                 device=bench.device.device_kind, workers=config.workers, name=bench.name,
