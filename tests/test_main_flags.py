@@ -14,6 +14,6 @@ def test_misspelled_config_field_names_it_and_suggests_the_right_one(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1
   last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("Unknown config field 'lrr' in --config.optim.lrr.")
+  assert last.startswith("Error: unknown config field 'lrr' in --config.optim.lrr.")
   assert 'Did you mean "lr"' in last and "Traceback" not in proc.stderr
   assert not os.listdir(tmp_path)  # Nothing ran.
