@@ -48,10 +48,11 @@ class Storage:
       raise DataError(f"config.data.storage={kind!r}; choose one of {KINDS}.")
     if kind == "original":
       return cls()
-    size = config.storage_size or math.ceil(AUTO_MARGIN * config.image_size)
-    if size < 1:
+    if config.storage_size < 0:
       raise DataError(f"config.data.storage_size={config.storage_size} must be >= 0 "
                       "(0: ceil(1.15 x image_size)).")
+    # A bad image_size is reported by its own check.
+    size = config.storage_size or max(1, math.ceil(AUTO_MARGIN * config.image_size))
     if kind == "decoded":
       return cls(kind, size)
     if not 1 <= config.storage_quality <= 100:
