@@ -15,7 +15,9 @@ import pytest
 
 from test_train_e2e import demo_config  # pylint: disable=g-bad-import-order
 
-OVERRIDES = {"train.num_epochs": 1, "model.head_init": "tf"}
+# Original storage: the records hold the JPEG files, which the predict tests write out as
+# image files (decoded storage would hold pixels).
+OVERRIDES = {"train.num_epochs": 1, "model.head_init": "tf", "data.storage": "original"}
 
 
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
