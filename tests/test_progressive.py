@@ -100,14 +100,16 @@ def _record(monkeypatch):
   """({'train': (side, fingerprint) of each training batch, 'eval': side of each evaluation
   batch}, in order; the train steps built)."""
   seen, built = {"train": [], "eval": []}, []
-  global_batch, build = parallel.global_batch, steps.build
+  global_batch, build, train_step = parallel.global_batch, steps.build, steps.CompiledSteps.train
 
   def recording_batch(local, mesh):
     if "mask" in local:
       seen["eval"].append(local["image"].shape[1])
-    else:
-      seen["train"].append(_fingerprint(local))
     return global_batch(local, mesh)
+
+  def recording_train(self, state, batch):  # The batches steps consume, not those prefetched.
+    seen["train"].append(_fingerprint({k: np.asarray(v) for k, v in batch.items()}))
+    return train_step(self, state, batch)
 
   def recording_build(*args, **kwargs):
     compiled, state = build(*args, **kwargs)
@@ -115,6 +117,7 @@ def _record(monkeypatch):
     return compiled, state
 
   monkeypatch.setattr(parallel, "global_batch", recording_batch)
+  monkeypatch.setattr(steps.CompiledSteps, "train", recording_train)
   monkeypatch.setattr(steps, "build", recording_build)
   return seen, built
 
