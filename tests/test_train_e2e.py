@@ -350,8 +350,10 @@ def test_data_wait_fraction_is_near_1_with_a_slow_input_and_near_0_from_memory(
 
     logged = []
     monkeypatch.setattr(trainer, "train_iter", Batches())
-    monkeypatch.setattr(trainer, "compiled", dataclasses.replace(
-        trainer.compiled, train_step=_no_work_step(config.train.batch_size)))
+    no_work = dataclasses.replace(trainer.compiled,
+                                  train_step=_no_work_step(config.train.batch_size))
+    monkeypatch.setattr(trainer, "compiled", no_work)
+    monkeypatch.setattr(trainer.stage_steps, "at", lambda step: no_work)  # The loop's step.
     monkeypatch.setattr(trainer, "save_latest", lambda: None)
     monkeypatch.setattr(trainer.writer, "write_scalars", lambda step, s: logged.append(s))
     assert trainer.train() is False
