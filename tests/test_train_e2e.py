@@ -303,7 +303,9 @@ def test_a_second_run_loads_the_train_step_from_the_compilation_cache(demo_data,
   runs = []
   for name in ("first", "second"):
     caplog.clear()
-    with caplog.at_level(logging.INFO):
+    # On absl's logger itself: a test that unparsed absl's flags earlier in this process
+    # left that logger at WARNING (--verbosity's default).
+    with caplog.at_level(logging.INFO, logger="absl"):
       results = train.train_and_evaluate(demo_config(**overrides), str(tmp_path / name))
     line = next(r.getMessage() for r in caplog.records if "train step" in r.getMessage()
                 and " in " in r.getMessage())
