@@ -1,7 +1,9 @@
 """Range checks of every config field (efficientnet_jax/config.py), run before any work.
 
 `validate(config)` raises one ConfigError listing every bad field, one line each, so a run
-never prepares data or compiles only to fail on a value that could not work.
+never prepares data or compiles only to fail on a value that could not work. The modules
+that take a config section directly (mixup, distill, optim, steps) check it with the same
+rules: `require_section("mixup", config.mixup)`, `require_value("optim.layer_decay", v)`.
 """
 
 from __future__ import annotations
@@ -146,21 +148,42 @@ def _get(config: ml_collections.ConfigDict, field: str) -> Any:
   return node
 
 
+def _broken(rule: Rule, value: Any) -> str | None:
+  """The line for `value` of rule.field when it breaks the rule, else None."""
+  try:
+    ok = rule.ok(value)
+  except TypeError:
+    ok = False
+  return None if ok else f"config.{rule.field}={value!r} must be {rule.requirement}."
+
+
+def _raise_if(found: list[str]) -> None:
+  if len(found) == 1:
+    raise ConfigError(found[0])
+  if found:
+    raise ConfigError(f"{len(found)} bad config value(s):\n  " + "\n  ".join(found))
+
+
+def require_section(section: str, cfg: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming every bad field of config.<section> (given as `cfg`)."""
+  prefix = section + "."
+  _raise_if([line for rule in _rules() if rule.field.startswith(prefix)
+             for line in [_broken(rule, _get(cfg, rule.field[len(prefix):]))] if line])
+
+
+def require_value(field: str, value: Any) -> None:
+  """Raises ConfigError when `value` breaks the rule of config.<field>."""
+  rule = next(r for r in _rules() if r.field == field)
+  _raise_if([line] if (line := _broken(rule, value)) else [])
+
+
 def problems(config: ml_collections.ConfigDict) -> list[str]:
   """One line per field whose value cannot work (empty when all are fine)."""
   from efficientnet_jax.data import pipeline, storage, transforms  # pylint: disable=g-import-not-at-top
   from efficientnet_jax import progressive  # pylint: disable=g-import-not-at-top
   from efficientnet_jax.run_model import model_options  # pylint: disable=g-import-not-at-top
 
-  found = []
-  for rule in _rules():
-    value = _get(config, rule.field)
-    try:
-      ok = rule.ok(value)
-    except TypeError:
-      ok = False
-    if not ok:
-      found.append(f"config.{rule.field}={value!r} must be {rule.requirement}.")
+  found = [line for rule in _rules() if (line := _broken(rule, _get(config, rule.field)))]
   if config.model.in_channels != config.data.channels:
     found.append(f"config.model.in_channels={config.model.in_channels} but config.data.channels="
                  f"{config.data.channels}: set both to 3 (RGB) or both to 1 (grayscale).")
@@ -178,5 +201,5 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming every field (one line each) whose value cannot work."""
   found = problems(config)
-  if found:
+  if found:  # Always the count line first, even for one value.
     raise ConfigError(f"{len(found)} bad config value(s):\n  " + "\n  ".join(found))

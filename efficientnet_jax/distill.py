@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from efficientnet_jax import config_checks
 from efficientnet_jax.errors import ConfigError, NotFoundError
 from efficientnet_jax.models import EfficientNet, ModelOptions
 
@@ -67,10 +68,7 @@ def load_teacher(cfg: ml_collections.ConfigDict, student: ModelOptions) -> Teach
   """
   if not cfg.teacher:
     return None
-  if not 0.0 <= cfg.alpha <= 1.0:
-    raise ConfigError(f"distill.alpha={cfg.alpha} must be in [0, 1].")
-  if cfg.temperature <= 0:
-    raise ConfigError(f"distill.temperature={cfg.temperature} must be > 0.")
+  config_checks.require_section("distill", cfg)
   from efficientnet_jax import run_model, weights  # pylint: disable=g-import-not-at-top
 
   if os.path.isfile(os.path.join(cfg.teacher, run_model.MODEL_FILE)):

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from efficientnet_jax import optim
+from efficientnet_jax import config_checks, optim
 from efficientnet_jax.errors import ConfigError
 
 
@@ -62,12 +62,7 @@ class Mixing:
   def from_config(cls, cfg: ml_collections.ConfigDict, *, steps_per_epoch: int,
                   seed: int) -> Mixing | None:
     """The mixing of config.mixup, or None when both strengths are 0 (off)."""
-    for field in ("alpha", "cutmix_alpha", "off_epoch"):
-      if cfg[field] < 0:
-        raise ConfigError(f"mixup.{field}={cfg[field]} must be >= 0.")
-    for field in ("prob", "switch_prob"):
-      if not 0.0 <= cfg[field] <= 1.0:
-        raise ConfigError(f"mixup.{field}={cfg[field]} must be in [0, 1].")
+    config_checks.require_section("mixup", cfg)
     if cfg.alpha == 0 and cfg.cutmix_alpha == 0:
       return None
     return cls(alpha=float(cfg.alpha), cutmix_alpha=float(cfg.cutmix_alpha), prob=float(cfg.prob),

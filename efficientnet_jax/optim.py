@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from efficientnet_jax import config_checks
 from efficientnet_jax.errors import ConfigError
 
 # Path components that mark a parameter as a BatchNorm scale/shift or a bias.
@@ -99,8 +100,7 @@ def layer_decay_scales(params: Any, decay: float) -> tuple[Any, dict[str, float]
   The head's group takes the base rate; each group before it decay times the next one's,
   so of G groups the stem gets decay ** (G - 1).
   """
-  if not 0.0 < decay <= 1.0:
-    raise ConfigError(f"optim.layer_decay={decay} must be in (0, 1] (1 = off).")
+  config_checks.require_value("optim.layer_decay", decay)
   groups, order = layer_groups(params)
   scales = {g: decay ** (len(order) - 1 - i) for i, g in enumerate(order)}
   return jax.tree.map(scales.__getitem__, groups), scales

@@ -30,7 +30,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from efficientnet_jax import distill, metrics, mixup, optim, parallel
+from efficientnet_jax import config_checks, distill, metrics, mixup, optim, parallel
 from efficientnet_jax.errors import ConfigError
 
 Batch = dict[str, jax.Array]
@@ -183,8 +183,8 @@ def build(model: nnx.Module, optim_config: ml_collections.ConfigDict, mesh: Mesh
   tta: the eval step's test-time augmentation (TTA_MODES): 'flip' scores the log of the
   mean softmax of each image and its horizontal flip.
   """
-  if accumulate_steps < 1:
-    raise ValueError(f"train.accumulate_steps={accumulate_steps} must be >= 1.")
+  config_checks.require_value("train.accumulate_steps", accumulate_steps)
+  config_checks.require_value("optim.sam_rho", optim_config.sam_rho)
   graphdef, params, batch_stats, rngs = split_model(model)
   tx = optim.create_optimizer(optim_config, params)
   schedule = optim.learning_rate_schedule(optim_config, steps_per_epoch, num_epochs)
@@ -196,8 +196,6 @@ def build(model: nnx.Module, optim_config: ml_collections.ConfigDict, mesh: Mesh
   mixing = None
   if mixup_config is not None:
     mixing = mixup.Mixing.from_config(mixup_config, steps_per_epoch=steps_per_epoch, seed=seed)
-  if optim_config.sam_rho < 0:
-    raise ValueError(f"optim.sam_rho={optim_config.sam_rho} must be >= 0 (0 = off).")
   lr_scales = None
   if optim_config.layer_decay != 1.0:
     _, lr_scales = optim.layer_decay_scales(params, optim_config.layer_decay)
