@@ -69,6 +69,10 @@ def quiet_library_logs() -> None:
   for name in ("jax", "absl", "tensorflow", "orbax", "grain"):
     logging_lib.getLogger(name).addFilter(keep)
   warnings.simplefilter("ignore")
+  # The Python processes multiprocessing starts (input workers, its resource tracker) take
+  # their warning filters from these options: the tracker's "leaked shared_memory objects"
+  # notice at exit (it then frees them) is library noise too.
+  sys.warnoptions.append("ignore")
 
 
 @contextlib.contextmanager
