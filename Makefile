@@ -26,8 +26,11 @@ venv-test: $(VENV)/.installed-test
 demo: venv
 	$(PY) -m efficientnet_jax.main --config=configs/demo.py --workdir=runs/demo
 
+# Two test processes (pytest-xdist, a file each at a time): the cores overlap one test's
+# compiling with another's running. The tests that watch machine-wide state run alone after.
 test: venv-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not serial"
+	$(PY) -m pytest -q -m serial
 
 summary: venv
 	$(PY) -m efficientnet_jax.models.summary

@@ -42,8 +42,21 @@ def _images(n=2, size=32, channels=3, seed=0):
 forward = nnx.jit(lambda model, x: model(x))
 
 
-@pytest.mark.parametrize("name", V1_ARCHS + ["v2_b0"])
-def test_every_variant_runs_in_both_modes(name):
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_every_variant_traces_to_its_logits_in_both_modes(name):
+  """The whole forward of every variant, traced with abstract weights (the numbers: below)."""
+  model = nnx.eval_shape(lambda: create_model(name, num_classes=7, depthwise="conv"))
+  for mode in ("eval", "train"):
+    getattr(model, mode)()
+    graphdef, state = nnx.split(model)
+    y = jax.eval_shape(lambda s, x, g=graphdef: nnx.merge(g, s)(x), state, _images())
+    assert (y.shape, y.dtype) == ((2, 7), jnp.float32), (name, mode)
+
+
+# One variant of each block kind: MBConv with SE and swish, Lite's without SE and with
+# ReLU6, V2's Fused-MBConv stages.
+@pytest.mark.parametrize("name", ["b0", "lite0", "v2_b0"])
+def test_each_block_kind_runs_in_both_modes(name):
   model = create_model(name, num_classes=7, depthwise="conv")
   x = _images()
   model.eval()

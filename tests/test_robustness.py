@@ -313,6 +313,7 @@ def _our_shared_memory() -> set[str]:
   return {n for n in os.listdir("/dev/shm") if n.startswith("psm_")}
 
 
+@pytest.mark.serial  # Another test's input workers would add their shared memory meanwhile.
 def test_runs_leave_no_shared_memory_and_print_only_our_lines(demo_data, tmp_path):
   before = _our_shared_memory()
   workdir = str(tmp_path / "run")
