@@ -29,7 +29,7 @@ demo: venv
 # Two test processes (pytest-xdist, a file each at a time): the cores overlap one test's
 # compiling with another's running. The tests that watch machine-wide state run alone after.
 test: venv-test
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not serial"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not serial" --durations=15
 	$(PY) -m pytest -q -m serial
 
 summary: venv

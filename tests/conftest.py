@@ -23,3 +23,10 @@ def demo_data(tmp_path_factory):
   os.environ["EFFICIENTNET_JAX_DEMO_DATA"] = root
   yield root
   del os.environ["EFFICIENTNET_JAX_DEMO_DATA"]
+
+
+def pytest_collection_modifyitems(items):
+  """Slow modules first (stable otherwise): under pytest-xdist the long runs then start at
+  once on both workers and the short tests fill in around them, instead of one worker
+  finishing a long module alone at the end."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)

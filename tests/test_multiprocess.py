@@ -18,6 +18,7 @@ from test_train_configs import load_config
 from efficientnet_jax import checkpoint, data, ports, steps, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # Whole training runs; make test starts these first.
 DEMO = os.path.join(ROOT, "configs", "demo.py")
 TIMEOUT = 600
 # One demo epoch (6 steps of 16 images, validation, test) at 32 px. No drop-path: its

@@ -13,6 +13,8 @@ from efficientnet_jax import config_checks, data, parallel, progressive, steps, 
 from efficientnet_jax.config import get_config
 from efficientnet_jax.errors import ConfigError
 
+pytestmark = pytest.mark.slow  # Whole training runs; make test starts these first.
+
 
 def _config(**progressive_fields):
   config = get_config()

@@ -25,6 +25,7 @@ from efficientnet_jax.errors import ConfigError
 from test_train_e2e import FAST, demo_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # Whole training runs; make test starts these first.
 DEMO = os.path.join(ROOT, "configs", "demo.py")
 
 

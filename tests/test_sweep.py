@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # Whole training runs; make test starts these first.
 SWEEP = os.path.join(ROOT, "launch", "sweep.py")
 # optim.lr (injected) and seed leave the compiled steps unchanged: trials 2-4 reuse the
 # persistent compilation cache.

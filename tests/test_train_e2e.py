@@ -22,6 +22,7 @@ from efficientnet_jax import (checkpoint, data, device_feed, metrics, parallel, 
                               train)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # Whole training runs; make test starts these first.
 DEMO = os.path.join(ROOT, "configs", "demo.py")
 # Small and fast: 32 px, XLA's depthwise convolution (compiles faster than 'shifted').
 FAST = {"data.image_size": 32, "model.depthwise": "conv", "train.log_every_steps": 2,
