@@ -72,7 +72,8 @@ def quiet_library_logs() -> None:
   # The Python processes multiprocessing starts (input workers, its resource tracker) take
   # their warning filters from these options: the tracker's "leaked shared_memory objects"
   # notice at exit (it then frees them) is library noise too.
-  sys.warnoptions.append("ignore")
+  if "ignore" not in sys.warnoptions:  # Once, however often this is called.
+    sys.warnoptions.append("ignore")
 
 
 @contextlib.contextmanager
